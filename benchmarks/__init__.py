@@ -1,0 +1,1 @@
+"""fbench benchmarks plugins (registered through the fbench.benchmarks entry-point group)."""

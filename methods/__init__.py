@@ -1,0 +1,1 @@
+"""fbench methods plugins (registered through the fbench.methods entry-point group)."""

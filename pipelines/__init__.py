@@ -1,0 +1,1 @@
+"""fbench pipelines plugins (registered through the fbench.pipelines entry-point group)."""
