@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -90,3 +91,22 @@ class FlameParams:
     @staticmethod
     def cat(items: list["FlameParams"]) -> "FlameParams":
         return FlameParams(**{f.name: torch.cat([getattr(p, f.name) for p in items]) for f in fields(FlameParams)})
+
+
+def load_params_npz(path: str | Path, n_shape: int = 300, n_exp: int = 50,
+                    dtype: torch.dtype = torch.float32) -> FlameParams:
+    """Read FlameParams from an .npz keyed by field name (missing keys are zero); errors name the file."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            values = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such parameter file") from None
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable .npz parameter file ({exc})") from exc
+    widths = {k: np.atleast_2d(v).shape[1] for k, v in values.items() if k in ("shape", "expression")}
+    try:
+        return FlameParams.from_dict(values, n_shape=widths.get("shape", n_shape),
+                                     n_exp=widths.get("expression", n_exp), dtype=dtype)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc

@@ -1,0 +1,190 @@
+"""Differentiable, batched FLAME forward pass.
+
+Linear blend skinning as in FLAME (Li et al. 2017) and its PyTorch ports (DECA, SMIRK,
+smplx), arranged for speed: identity/expression blendshapes and pose correctives are
+single matrix products against pre-flattened bases, joints come from a
+pre-regressed joint basis (J_regressor is linear, so regressing the shaped mesh equals
+regressing each basis), and skinning blends 3x4 joint transforms without forming a
+4x4 matrix per vertex.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fbench.flame.io import FlameAssets, load_flame_assets
+from fbench.flame.params import FlameParams
+
+YAW_BINS_MAX_DEG = 39  # DECA/SMIRK dynamic contour: yaw bins for -39..39 degrees
+
+
+def axis_angle_to_matrix(axis_angle: Tensor) -> Tensor:
+    """Rodrigues' formula, (..., 3) -> (..., 3, 3); smooth at zero (the angle gets a tiny epsilon)."""
+    angle = torch.linalg.vector_norm(axis_angle + 1e-8, dim=-1, keepdim=True)
+    axis = axis_angle / angle
+    cos, sin = torch.cos(angle)[..., None], torch.sin(angle)[..., None]
+    x, y, z = axis.unbind(-1)
+    zero = torch.zeros_like(x)
+    skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*axis.shape[:-1], 3, 3)
+    eye = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device)
+    return eye + sin * skew + (1 - cos) * (skew @ skew)
+
+
+def yaw_from_matrix(rot: Tensor) -> Tensor:
+    """Rotation about the vertical axis in radians, as DECA/SMIRK's rot_mat_to_euler."""
+    return torch.atan2(-rot[..., 2, 0], torch.sqrt(rot[..., 0, 0] ** 2 + rot[..., 1, 0] ** 2))
+
+
+def barycentric_points(vertices: Tensor, face_vertices: Tensor, bary: Tensor) -> Tensor:
+    """Points given by triangles' vertex ids (..., L, 3) and barycentrics (..., L, 3) on (B,V,3) meshes."""
+    batch = vertices.shape[0]
+    if face_vertices.ndim == 2:  # shared by the whole batch
+        corners = vertices[:, face_vertices]  # (B,L,3,3)
+    else:
+        corners = torch.gather(vertices, 1, face_vertices.reshape(batch, -1, 1).expand(-1, -1, 3))
+        corners = corners.reshape(batch, -1, 3, 3)
+    return (corners * bary[..., None]).sum(-2)
+
+
+@dataclass
+class FlameOutput:
+    vertices: Tensor  # (B,V,3)
+    joints: Tensor  # (B,J,3) posed joints
+    landmarks: Tensor  # (B,68,3): 17 yaw-dependent contour points, then 51 static (SMIRK's landmarks_fan)
+    landmarks_full: Tensor  # (B,68,3) fixed 3D landmarks (SMIRK's landmarks_fan_3d)
+    landmarks_mp: Tensor  # (B,105,3) MediaPipe landmarks (SMIRK's landmarks_mp)
+
+
+class FLAME(nn.Module):
+    """FLAME head model. Sizes (vertices, joints, components, landmarks) come from the files."""
+
+    def __init__(self, assets: FlameAssets | str | Path, n_shape: int = 300, n_exp: int = 100,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if not isinstance(assets, FlameAssets):
+            assets = load_flame_assets(assets)
+        self.assets_files = dict(assets.files)
+        self.n_shape = min(n_shape, assets.num_shape)
+        self.n_exp = min(n_exp, assets.num_expression)
+        self.num_vertices = assets.num_vertices
+        self.num_joints = assets.j_regressor.shape[0]
+        self.dtype = dtype
+        t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
+        idx = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.long)  # noqa: E731
+
+        v, j = self.num_vertices, self.num_joints
+        dirs = np.concatenate([assets.shapedirs[:, :, :self.n_shape],
+                               assets.shapedirs[:, :, assets.num_shape:assets.num_shape + self.n_exp]], axis=2)
+        self.register_buffer("v_template", t(assets.v_template))
+        self.register_buffer("faces", idx(assets.faces))
+        # (K, V*3) so that blendshapes are one (B,K) @ (K,V*3) product.
+        self.register_buffer("blend_dirs", t(dirs.reshape(v * 3, -1).T))
+        self.register_buffer("joint_template", t(assets.j_regressor @ assets.v_template))
+        self.register_buffer("joint_dirs", t(np.einsum("jv,vck->kjc", assets.j_regressor, dirs).reshape(-1, j * 3)))
+        self.register_buffer("pose_dirs", t(assets.posedirs.reshape(v * 3, -1).T))  # (9*(J-1), V*3)
+        self.register_buffer("lbs_weights", t(assets.weights))
+        self.parents = [int(p) for p in assets.parents]
+        unit_offsets = np.tile(np.eye(3), (1, v))  # row k moves every vertex by the k-th unit vector
+        self.register_buffer("post_skinning_dirs", t(np.concatenate(
+            [assets.l_eyelid.reshape(1, -1), assets.r_eyelid.reshape(1, -1), unit_offsets])))
+
+        faces = assets.faces
+        self.register_buffer("static_lmk_vertices", idx(faces[assets.static_lmk_faces]))
+        self.register_buffer("static_lmk_bary", t(assets.static_lmk_bary))
+        self.register_buffer("dynamic_lmk_vertices", idx(faces[assets.dynamic_lmk_faces]))  # (79,17,3)
+        self.register_buffer("dynamic_lmk_bary", t(assets.dynamic_lmk_bary))
+        self.register_buffer("full_lmk_vertices", idx(faces[assets.full_lmk_faces]))
+        self.register_buffer("full_lmk_bary", t(assets.full_lmk_bary))
+        self.register_buffer("mp_lmk_vertices", idx(faces[assets.mp_lmk_faces]))
+        self.register_buffer("mp_lmk_bary", t(assets.mp_lmk_bary))
+        self.register_buffer("mp_landmark_indices", idx(assets.mp_landmark_indices))
+        self.mask_names = sorted(assets.masks)
+        for name in self.mask_names:
+            self.register_buffer(f"mask_{name}", idx(assets.masks[name]))
+        # The contour follows the head's yaw relative to the body: rotations of the
+        # neck joint's chain (neck then root), as SMIRK (NECK_IDX = 1).
+        chain, joint = [], 1 if j > 1 else 0
+        while joint != -1:
+            chain.append(joint)
+            joint = self.parents[joint]
+        self.neck_chain = chain
+
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        return {name: getattr(self, f"mask_{name}") for name in self.mask_names}
+
+    @property
+    def source(self) -> Path:
+        return self.assets_files["model"]
+
+    def _pad(self, x: Tensor, width: int, name: str) -> Tensor:
+        if x.shape[1] > width:
+            raise ValueError(f"{name} has {x.shape[1]} components but this FLAME model uses {width}")
+        return x if x.shape[1] == width else torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+    def forward(self, params: FlameParams) -> FlameOutput:
+        batch = params.batch_size
+        dtype, device = self.v_template.dtype, self.v_template.device
+        p = params.to(dtype=dtype, device=device)
+        coeffs = torch.cat([self._pad(p.shape, self.n_shape, "shape"),
+                            self._pad(p.expression, self.n_exp, "expression")], dim=1)
+
+        v_shaped = torch.addmm(self.v_template.reshape(1, -1), coeffs, self.blend_dirs)  # (B, V*3)
+        joints = torch.addmm(self.joint_template.reshape(1, -1), coeffs, self.joint_dirs).reshape(batch, -1, 3)
+
+        # FLAME's pose vector: global, neck, jaw, left eye, right eye.
+        pose = torch.cat([p.global_pose, p.neck, p.jaw, p.eyes], dim=1).reshape(batch, -1, 3)
+        rots = axis_angle_to_matrix(pose)  # (B,J,3,3)
+        eye = torch.eye(3, dtype=dtype, device=device)
+        pose_feature = (rots[:, 1:] - eye).reshape(batch, -1)
+        v_posed = torch.addmm(v_shaped, pose_feature, self.pose_dirs).reshape(batch, -1, 3)
+
+        # Forward kinematics: world rotation and translation of every joint.
+        world_rot, world_t = [rots[:, 0]], [joints[:, 0]]
+        for i in range(1, self.num_joints):
+            parent = self.parents[i]
+            world_rot.append(world_rot[parent] @ rots[:, i])
+            offset = (joints[:, i] - joints[:, parent])[..., None]
+            world_t.append(world_t[parent] + (world_rot[parent] @ offset)[..., 0])
+        world_rot = torch.stack(world_rot, dim=1)  # (B,J,3,3)
+        posed_joints = torch.stack(world_t, dim=1)  # (B,J,3)
+        # Skinning transform of joint j maps rest-pose x to R_j (x - J_j) + T_j; blend the
+        # 3x4 transforms per vertex, then apply them elementwise (tiny batched matmuls are slow).
+        rel_t = posed_joints - (world_rot @ joints[..., None])[..., 0]
+        transforms = torch.cat([world_rot, rel_t[..., None]], dim=-1).reshape(batch, -1, 12)
+        blended = (self.lbs_weights @ transforms).reshape(batch, -1, 3, 4)  # (B,V,3,4)
+        vertices = (blended[..., :3] * v_posed[:, :, None, :]).sum(-1) + blended[..., 3]
+
+        # Eyelids are added after skinning, as SMIRK does (src/FLAME/FLAME.py), and then the
+        # translation: both linear, so one product with [l_eyelid; r_eyelid; unit x/y/z offsets].
+        post = torch.cat([p.eyelids, p.translation], dim=1)
+        vertices = torch.addmm(vertices.reshape(batch, -1), post, self.post_skinning_dirs).reshape(batch, -1, 3)
+        posed_joints = posed_joints + p.translation[:, None]
+
+        return FlameOutput(
+            vertices=vertices,
+            joints=posed_joints,
+            landmarks=self._landmarks68(vertices, rots),
+            landmarks_full=barycentric_points(vertices, self.full_lmk_vertices, self.full_lmk_bary),
+            landmarks_mp=barycentric_points(vertices, self.mp_lmk_vertices, self.mp_lmk_bary),
+        )
+
+    def contour_bins(self, rots: Tensor) -> Tensor:
+        """Yaw bin per item: 0..39 for yaw 0..39 degrees, 40..78 for -1..-39 (DECA/SMIRK layout)."""
+        rel = rots[:, self.neck_chain[-1]]
+        for joint in reversed(self.neck_chain[:-1]):
+            rel = rel @ rots[:, joint]
+        yaw = torch.round(torch.rad2deg(yaw_from_matrix(rel.detach()))).long()
+        yaw = yaw.clamp(-YAW_BINS_MAX_DEG, YAW_BINS_MAX_DEG)
+        return torch.where(yaw < 0, YAW_BINS_MAX_DEG - yaw, yaw)
+
+    def _landmarks68(self, vertices: Tensor, rots: Tensor) -> Tensor:
+        bins = self.contour_bins(rots)
+        contour = barycentric_points(vertices, self.dynamic_lmk_vertices[bins], self.dynamic_lmk_bary[bins])
+        static = barycentric_points(vertices, self.static_lmk_vertices, self.static_lmk_bary)
+        return torch.cat([contour, static], dim=1)
