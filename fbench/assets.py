@@ -1,0 +1,99 @@
+"""Catalogue of the external assets fbench can use, and where it looks for them.
+
+Nothing here downloads: FLAME, the datasets and the pretrained weights are licensed or
+hosted outside the package registries. Each asset lives under `$FBENCH_HOME` (default
+`~/.cache/fbench`), in torch's hub cache, or at an explicit path given by its
+environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def fbench_home() -> Path:
+    return Path(os.environ.get("FBENCH_HOME") or Path.home() / ".cache" / "fbench").expanduser()
+
+
+def torch_hub_checkpoints() -> Path:
+    # torch.hub.get_dir() without importing torch: $TORCH_HOME/hub, else $XDG_CACHE_HOME/torch/hub.
+    torch_home = os.environ.get("TORCH_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch"
+    return Path(torch_home).expanduser() / "hub" / "checkpoints"
+
+
+@dataclass(frozen=True)
+class Asset:
+    name: str
+    description: str
+    files: tuple[str, ...]  # relative to the asset's directory
+    source: str  # where a researcher obtains it
+    licence: str
+    used_by: str
+    subdir: str = ""  # directory under $FBENCH_HOME
+    env: str = ""  # environment variable naming the directory explicitly
+    in_torch_hub: bool = False  # lives in torch's hub cache instead of $FBENCH_HOME
+
+    def directory(self) -> Path:
+        if self.env and os.environ.get(self.env):
+            return Path(os.environ[self.env]).expanduser()
+        if self.in_torch_hub:
+            return torch_hub_checkpoints()
+        return fbench_home() / self.subdir
+
+    def paths(self) -> list[Path]:
+        return [self.directory() / f for f in self.files]
+
+    def missing(self) -> list[Path]:
+        return [p for p in self.paths() if not p.exists()]
+
+    @property
+    def present(self) -> bool:
+        return not self.missing()
+
+
+ASSETS: tuple[Asset, ...] = (
+    Asset("flame2020", "FLAME 2020 head model (generic_model.pkl)", ("generic_model.pkl",),
+          "https://flame.is.tue.mpg.de (register, download FLAME2020.zip)", "FLAME licence, non-commercial",
+          "every FLAME command (else the synthetic model)", subdir="flame", env="FBENCH_FLAME_DIR"),
+    Asset("smirk-flame-assets", "SMIRK's FLAME companions: landmark embeddings, masks, eyelid blendshapes",
+          ("landmark_embedding.npy", "mediapipe_landmark_embedding.npz", "FLAME_masks.pkl", "l_eyelid.npy",
+           "r_eyelid.npy"),
+          "https://github.com/georgeretsi/smirk (assets/; FLAME_masks.pkl also at flame.is.tue.mpg.de)",
+          "SMIRK repository licence / FLAME licence", "landmarks, masks and eyelids of a real FLAME",
+          subdir="flame", env="FBENCH_FLAME_DIR"),
+    Asset("smirk-checkpoint", "Pretrained SMIRK encoder/generator", ("SMIRK_em1.pt",),
+          "https://github.com/georgeretsi/smirk (README: pretrained model)", "SMIRK licence, research only",
+          "fbench eval --method smirk, fine-tuning", subdir="checkpoints"),
+    Asset("teaser-checkpoint", "Pretrained TEASER model", ("TEASER.pt",),
+          "https://github.com/Pixel-Talk/TEASER (README: pretrained model)", "TEASER licence, research only",
+          "comparisons against TEASER", subdir="checkpoints"),
+    Asset("mediapipe-face-landmarker", "MediaPipe Tasks FaceLandmarker model", ("face_landmarker.task",),
+          "https://developers.google.com/mediapipe/solutions/vision/face_landmarker (model card)", "Apache-2.0",
+          "fbench prep (optional; the bundled legacy FaceMesh is the default)", subdir="mediapipe"),
+    Asset("fan-weights", "FAN 2D landmark network and S3FD detector for face-alignment",
+          ("2DFAN4-11f355bf06.pth.tar", "s3fd-619a316812.pth"),
+          "face-alignment's release files (https://github.com/1adrianb/face-alignment); place in torch's hub cache",
+          "BSD-3-Clause", "fbench prep --fan auto|required", in_torch_hub=True),
+    Asset("emoca-emotion-resnet50", "EMOCA's emotion recognition ResNet50 (SMIRK's expression loss)",
+          ("ResNet50/checkpoints/deca-epoch=01-val_loss_total/dataloader_idx_0=1.27607644.ckpt",),
+          "https://emoca.is.tue.mpg.de (register; EmotionRecognition/image_based_networks/ResNet50.zip)",
+          "EMOCA licence, non-commercial", "SMIRK training (emotion loss)", subdir="emoca"),
+    Asset("vgg16-weights", "torchvision VGG16 ImageNet weights (perceptual loss)", ("vgg16-397923af.pth",),
+          "torchvision.models.VGG16_Weights.IMAGENET1K_V1; place in torch's hub cache", "BSD-3-Clause (torchvision)",
+          "SMIRK training (perceptual VGG loss)", in_torch_hub=True),
+    Asset("mica", "MICA identity network (SMIRK's shape supervision)", ("mica.tar",),
+          "https://github.com/Zielon/MICA (README: pretrained model)", "MICA licence, non-commercial",
+          "SMIRK training (MICA shape loss)", subdir="mica"),
+    Asset("famos-expression-templates", "SMIRK's FaMoS expression templates", ("expression_templates_famos",),
+          "https://github.com/georgeretsi/smirk (quick_install.sh), or `fbench fit-flame famos --export-templates`",
+          "FaMoS licence, non-commercial", "SMIRK training (template augmentation)", subdir="templates"),
+)
+
+
+def get_asset(name: str) -> Asset:
+    for asset in ASSETS:
+        if asset.name == name:
+            return asset
+    raise KeyError(f"unknown asset {name!r}; known: {', '.join(a.name for a in ASSETS)}")

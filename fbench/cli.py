@@ -1,0 +1,252 @@
+"""The `fbench` command line. Plugin commands (prep, fit-flame, train, eval) come from the registries."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from fbench import __version__
+from fbench.registry import PluginError, registry
+
+log = logging.getLogger("fbench")
+
+FLAME_OPTION_HELP = ("FLAME directory (generic_model.pkl + SMIRK assets). Default: $FBENCH_FLAME_DIR, else a real "
+                     "FLAME under $FBENCH_HOME/flame, else the synthetic model (generated on first use).")
+
+
+def flame_option(f):
+    return click.option("--flame", "flame", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        help=FLAME_OPTION_HELP)(f)
+
+
+def load_flame_announced(flame: Path | None, **kwargs):
+    """Load FLAME and tell the user which model it is (synthetic results are never FLAME2020's)."""
+    from fbench.flame import FlameFileError, load_flame
+
+    try:
+        model = load_flame(flame, **kwargs)
+    except FlameFileError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"FLAME: {model.flame_source.describe()}", err=True)
+    return model
+
+
+class PluginGroup(click.Group):
+    """A click group whose subcommands are plugins of one registry (loaded only when used)."""
+
+    def __init__(self, *args, registry_kind: str, attr: str, stage: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.registry_kind, self.attr, self.stage = registry_kind, attr, stage
+
+    def _plugins(self) -> list[str]:
+        reg = registry(self.registry_kind)
+        if self.stage is None:
+            return reg.names()
+        names = []
+        for name in reg.names():
+            try:
+                if reg.get(name).stage == self.stage:
+                    names.append(name)
+            except PluginError as exc:
+                log.warning("%s", exc)
+        return names
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is not None or name not in self._plugins():
+            return command
+        try:
+            return getattr(registry(self.registry_kind).get(name), self.attr)
+        except PluginError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="fbench")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """fbench: expressive 3D face reconstruction research toolkit.
+
+    \b
+    Start here:
+      fbench demo                          # end to end on the synthetic default
+      fbench assets                        # what is installed, what is missing, where to get it
+      fbench list                          # installed pipelines, methods, benchmarks
+      fbench flame synth --out flame/      # write the synthetic FLAME-format model
+      fbench flame decode --params p.npz --out mesh.obj
+    """
+    level = logging.WARNING - 10 * min(verbose + 1, 2)  # INFO by default, DEBUG with -v
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@main.command("list")
+def list_plugins() -> None:
+    """List the installed plugins (pipelines, methods, benchmarks).
+
+    \b
+    Example:
+      fbench list
+    """
+    for kind in ("pipelines", "methods", "benchmarks"):
+        reg = registry(kind)
+        click.echo(f"{kind} ({reg.spec.group}):")
+        if not reg.names():
+            click.echo("  (none installed)")
+        for name in reg.names():
+            try:
+                plugin = reg.get(name)
+                stage = f" [{plugin.stage}]" if kind == "pipelines" else ""
+                click.echo(f"  {name:<14}{stage} {plugin.summary}")
+            except PluginError as exc:
+                click.echo(f"  {name:<14} BROKEN: {exc}")
+
+
+@main.group("assets", invoke_without_command=True)
+@click.pass_context
+def assets_group(ctx: click.Context) -> None:
+    """External assets: what fbench can use, where it looks, what is present.
+
+    \b
+    Examples:
+      fbench assets                    # the whole catalogue
+      fbench assets check flame2020    # exit status 1 when missing
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from fbench.assets import ASSETS, fbench_home
+
+    click.echo(f"FBENCH_HOME = {fbench_home()}")
+    for asset in ASSETS:
+        missing = asset.missing()
+        state = "present" if not missing else "MISSING"
+        click.echo(f"\n{asset.name}  [{state}]  {asset.description}")
+        click.echo(f"  looks in : {asset.directory()}" + (f"  (override: ${asset.env})" if asset.env else ""))
+        for path in asset.paths():
+            click.echo(f"    {'ok     ' if path.exists() else 'missing'} {path.name}")
+        click.echo(f"  used by  : {asset.used_by}")
+        if missing:
+            click.echo(f"  obtain   : {asset.source}")
+            click.echo(f"  licence  : {asset.licence}")
+
+
+@assets_group.command("check")
+@click.argument("name")
+def assets_check(name: str) -> None:
+    """Exit with status 1 unless asset NAME is present (names: see `fbench assets`).
+
+    \b
+    Example:
+      fbench assets check smirk-checkpoint || echo "download it first"
+    """
+    from fbench.assets import get_asset
+
+    try:
+        asset = get_asset(name)
+    except KeyError as exc:
+        raise click.ClickException(str(exc.args[0])) from exc
+    missing = asset.missing()
+    if missing:
+        click.echo(f"{name}: missing {', '.join(str(p) for p in missing)}\n  obtain: {asset.source}", err=True)
+        sys.exit(1)
+    click.echo(f"{name}: present in {asset.directory()}")
+
+
+@main.group("flame")
+def flame_group() -> None:
+    """The FLAME head model: synthetic model, decoding parameters to meshes, model info."""
+
+
+@flame_group.command("synth")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory to write the model files into.")
+@click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives identical files.")
+def flame_synth(out: Path, seed: int) -> None:
+    """Write the synthetic FLAME-format model (same files and formats as FLAME2020 + SMIRK assets).
+
+    \b
+    Example:
+      fbench flame synth --out ~/flame-synthetic --seed 0
+      fbench flame decode --flame ~/flame-synthetic --params p.npz --out mesh.obj
+    """
+    from fbench.flame.synthetic import write_synthetic_flame
+
+    path = write_synthetic_flame(out, seed=seed)
+    from fbench.flame import load_flame_assets
+
+    assets = load_flame_assets(path)
+    click.echo(f"wrote synthetic FLAME (seed {seed}) to {path}: {assets.num_vertices} vertices, "
+               f"{assets.faces.shape[0]} faces, {assets.num_shape} shape + {assets.num_expression} expression components")
+
+
+@flame_group.command("info")
+@flame_option
+def flame_info(flame: Path | None) -> None:
+    """Print the sizes of a FLAME model and the files it was read from.
+
+    \b
+    Example:
+      fbench flame info --flame /data/FLAME2020
+    """
+    model = load_flame_announced(flame)
+    click.echo(f"vertices {model.num_vertices}, faces {model.faces.shape[0]}, joints {model.num_joints}, "
+               f"shape {model.n_shape}, expression {model.n_exp}, landmarks 68 + {model.mp_lmk_vertices.shape[0]} MediaPipe")
+    click.echo("masks: " + ", ".join(f"{k} ({len(v)})" for k, v in model.masks.items()))
+    for key, path in model.assets_files.items():
+        click.echo(f"  {key:<10} {path}")
+
+
+@flame_group.command("decode")
+@click.option("--params", "params_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="An .npz with FlameParams keys (shape, expression, jaw, eyelids, global_pose, neck, eyes, "
+                   "optional translation); missing keys are zero.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Output mesh (.obj or .ply); a batch writes one file per item with a _000 suffix.")
+@flame_option
+def flame_decode(params_path: Path, out: Path, flame: Path | None) -> None:
+    """Turn FLAME parameters into a mesh.
+
+    \b
+    Example:
+      python -c "import numpy as np; np.savez('p.npz', jaw=[0.2,0,0], expression=[2.0])"
+      fbench flame decode --params p.npz --out mesh.obj
+    """
+    import torch
+
+    from fbench.flame.params import load_params_npz
+    from fbench.geometry import Mesh, write_mesh
+
+    model = load_flame_announced(flame)
+    try:
+        params = load_params_npz(params_path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    with torch.no_grad():
+        vertices = model(params).vertices.numpy()
+    faces = model.faces.numpy()
+    paths = [out] if len(vertices) == 1 else [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(len(vertices))]
+    for path, verts in zip(paths, vertices):
+        write_mesh(path, Mesh(vertices=verts, faces=faces, units="m"))
+    click.echo(f"wrote {len(paths)} mesh(es): {paths[0]}" + (f" ... {paths[-1]}" if len(paths) > 1 else ""))
+
+
+main.add_command(PluginGroup("prep", registry_kind="pipelines", attr="command", stage="prep",
+                             help="Turn a raw dataset into landmark-annotated WebDataset shards.\n\n"
+                                  "\b\nExample:\n  fbench prep affectnet --root /data/AffectNet --out shards/"))
+main.add_command(PluginGroup("fit-flame", registry_kind="pipelines", attr="command", stage="fit",
+                             help="Fit FLAME to 3D scans or registrations.\n\n"
+                                  "\b\nExample:\n  fbench fit-flame famos --root /data/FaMoS --stride 10 --out fits/"))
+main.add_command(PluginGroup("train", registry_kind="methods", attr="train_command",
+                             help="Train a reconstruction method.\n\n\b\nExample:\n  fbench train smirk"))
+main.add_command(PluginGroup("eval", registry_kind="benchmarks", attr="command",
+                             help="Score a method on a benchmark.\n\n"
+                                  "\b\nExample:\n  fbench eval multiface --method smirk"))
+
+
+if __name__ == "__main__":
+    main()
