@@ -123,8 +123,9 @@ def _resolve(obj: Any) -> Any:
 
         state = obj.state if isinstance(obj.state, dict) else {}
         shape = tuple(state.get("_shape") or state.get("shape") or ())
-        if obj.fmt == "coo":
-            return sp.coo_matrix((state["data"], (state["row"], state["col"])), shape=shape)
+        if obj.fmt == "coo":  # scipy >= 1.13 keeps a `coords` tuple, older versions `row` and `col`
+            coords = state["coords"] if "coords" in state else (state["row"], state["col"])
+            return sp.coo_matrix((state["data"], tuple(coords)), shape=shape)
         cls = sp.csc_matrix if obj.fmt == "csc" else sp.csr_matrix
         return cls((state["data"], state["indices"], state["indptr"]), shape=shape)
     if isinstance(obj, dict):
