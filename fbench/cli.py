@@ -11,6 +11,7 @@ import numpy as np
 
 from fbench import __version__
 from fbench.registry import PluginError, registry
+from fbench.synth import DATASETS as SYNTH_DATASETS
 
 log = logging.getLogger("fbench")
 
@@ -160,7 +161,14 @@ def assets_check(name: str) -> None:
 
 @main.group("flame")
 def flame_group() -> None:
-    """The FLAME head model: synthetic model, decoding parameters to meshes, model info."""
+    """The FLAME head model: synthetic model, decoding parameters to meshes, model info.
+
+    \b
+    Examples:
+      fbench flame synth --out flame-synthetic/
+      fbench flame info
+      fbench flame decode --params p.npz --out mesh.obj
+    """
 
 
 @flame_group.command("synth")
@@ -234,6 +242,59 @@ def flame_decode(params_path: Path, out: Path, flame: Path | None) -> None:
     for path, verts in zip(paths, vertices):
         write_mesh(path, Mesh(vertices=verts, faces=faces, units="m"))
     click.echo(f"wrote {len(paths)} mesh(es): {paths[0]}" + (f" ... {paths[-1]}" if len(paths) > 1 else ""))
+
+
+@main.command("render")
+@click.option("--params", "params_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="An .npz with FlameParams keys (missing keys zero; cam = SMIRK's scale, tx, ty).")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Output PNG; a batch writes one PNG per item with a _000 suffix.")
+@click.option("--size", default=224, show_default=True, help="Image side in pixels.")
+@flame_option
+def render(params_path: Path, out: Path, size: int, flame: Path | None) -> None:
+    """Render FLAME parameters with SMIRK's renderer (grey, five lights, face region).
+
+    Without a `cam` the face is framed automatically.
+
+    \b
+    Example:
+      python -c "import numpy as np; np.savez('p.npz', jaw=[0.25,0,0], global_pose=[0,0.4,0])"
+      fbench render --params p.npz --out face.png
+    """
+    from fbench.render import render_params_file
+
+    model = load_flame_announced(flame)
+    try:
+        paths = render_params_file(params_path, out, flame=model, size=size)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {len(paths)} image(s): {paths[0]}" + (f" ... {paths[-1]}" if len(paths) > 1 else ""))
+
+
+@main.command("synth")
+@click.argument("dataset", type=click.Choice(SYNTH_DATASETS))
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Dataset root to write (the layout of the real release).")
+@click.option("--n", "n", type=int, default=None, help="How many images/videos/subjects (dataset default if omitted).")
+@click.option("--seed", default=0, show_default=True, help="Random seed; the same seed writes the same dataset.")
+@click.option("--corrupt", default=0, show_default=True, help="Deliberately corrupt this many files (robustness tests).")
+@flame_option
+def synth(dataset: str, out: Path, n: int | None, seed: int, corrupt: int, flame: Path | None) -> None:
+    """Write a miniature DATASET in its real on-disk layout, with ground truth.
+
+    The ground truth (FLAME parameters, cameras, landmarks behind every item) goes to
+    OUT/fbench_ground_truth.h5; the layout is described in data_cards/DATASET.yaml.
+
+    \b
+    Examples:
+      fbench synth affectnet --out data/AffectNet --n 40 --corrupt 2
+      fbench synth famos --out data/FaMoS --n 2
+    """
+    from fbench.synth import write_synthetic_dataset
+
+    model = load_flame_announced(flame)
+    result = write_synthetic_dataset(dataset, out, n=n, seed=seed, corrupt=corrupt, flame=model)
+    click.echo(f"synthetic {dataset}: {result.summary()}")
 
 
 @main.command("demo")
