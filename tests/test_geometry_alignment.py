@@ -162,7 +162,7 @@ def test_icp_recovers_transform_without_noise(scene: tuple) -> None:
     v, f, index = scene
     rng = np.random.default_rng(5)
     truth = Similarity(1.3, Rotation.from_euler("xyz", [20, -35, 50], degrees=True).as_matrix(), np.array([0.4, -1.0, 2.0]))
-    on_target = _surface_samples(v, f, 800, rng)
+    on_target = _surface_samples(v, f, 500, rng)
     source = truth.inverse().apply(on_target)  # ICP must find `truth`
     init = _perturb(truth, rng)
     assert _displacement(init, truth, source) > 0.1
@@ -175,10 +175,11 @@ def test_icp_recovers_transform_without_noise(scene: tuple) -> None:
     assert res.history[0] > 1e-2
     assert len(res.history) == len(res.mean_distances) == res.iterations + 1
     np.testing.assert_allclose(res.distances, index.query(res.transform.apply(source)).distances)
-    # Without acceleration the same answer takes many more (linearly converging) steps.
-    plain = icp(source, v, f, init=init, index=index, max_iterations=600, tol=0.0, atol=1e-9, accelerate=False)
-    assert plain.converged and _displacement(plain.transform, truth, source) < 1e-6
-    assert plain.iterations > 3 * res.iterations
+    # Without acceleration (linear convergence) 3x as many steps are not enough.
+    budget = 3 * res.iterations
+    plain = icp(source, v, f, init=init, index=index, max_iterations=budget, tol=0.0, atol=1e-9, accelerate=False)
+    assert not plain.converged and plain.history[-1] > 1e-9
+    assert plain.history[-1] < plain.history[0]  # but it is heading the same way
 
 
 def test_icp_with_noise_reaches_the_noise_level(scene: tuple) -> None:
@@ -186,13 +187,14 @@ def test_icp_with_noise_reaches_the_noise_level(scene: tuple) -> None:
     rng = np.random.default_rng(6)
     truth = _random_similarity(rng)
     sigma = 0.01  # 0.5% of the object size
-    on_target = _surface_samples(v, f, 3000, rng) + rng.normal(scale=sigma, size=(3000, 3))
+    on_target = _surface_samples(v, f, 1500, rng) + rng.normal(scale=sigma, size=(1500, 3))
     source = truth.inverse().apply(on_target)
     init = _perturb(truth, rng)
     res = icp(source, v, f, init=init, index=index, max_iterations=300)
     assert res.converged
-    # 3000 points pin the pose far below one point's noise.
-    assert _displacement(res.transform, truth, source) < 0.3 * sigma
+    # Started ~10 sigma away; 1500 points pin the pose below one point's noise.
+    assert _displacement(init, truth, source) > 10 * sigma
+    assert _displacement(res.transform, truth, source) < 0.5 * sigma
     assert res.transform.scale == pytest.approx(truth.scale, rel=0.3 * sigma)
     # The fit is the least-squares optimum: no worse than the true pose on this data.
     at_truth = index.query(truth.apply(source)).distances
@@ -208,14 +210,14 @@ def test_icp_with_noise_reaches_the_noise_level(scene: tuple) -> None:
     assert plain.converged
     sq = [(index.query(t.apply(source)).distances ** 2).mean() for t in (plain.transform, res.transform)]
     assert sq[1] == pytest.approx(sq[0], rel=1e-3)
-    assert _displacement(plain.transform, res.transform, source) < 0.3 * sigma
+    assert _displacement(plain.transform, truth, source) < 0.5 * sigma
 
 
 def _with_outliers(
     v: np.ndarray, f: np.ndarray, rng: np.random.Generator, n_out: int, radius: tuple[float, float]
 ) -> tuple[Similarity, np.ndarray, int]:
     truth = _random_similarity(rng)
-    n_in = 2000
+    n_in = 1000
     inliers = _surface_samples(v, f, n_in, rng) + rng.normal(scale=0.005, size=(n_in, 3))
     direction = rng.normal(size=(n_out, 3))
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
@@ -230,9 +232,9 @@ def test_robust_icp_ignores_gross_outliers(scene: tuple, robust: str, kwargs: di
     v, f, index = scene
     rng = np.random.default_rng(7)
     # 17% of the points 1.5-2.5 units off a 2-unit object (hair, shoulders, a cap).
-    truth, source, n_in = _with_outliers(v, f, rng, 400, (2.5, 3.5))
+    truth, source, n_in = _with_outliers(v, f, rng, 200, (2.5, 3.5))
     init = _perturb(truth, rng)
-    plain = icp(source, v, f, init=init, index=index, max_iterations=60)
+    plain = icp(source, v, f, init=init, index=index, max_iterations=30)
     res = icp(source, v, f, init=init, index=index, max_iterations=200, robust=robust, **kwargs)  # type: ignore[arg-type]
     assert _displacement(plain.transform, truth, source[:n_in]) > 0.2  # plain least squares fails
     assert res.converged
@@ -244,10 +246,10 @@ def test_huber_icp_reduces_moderate_outlier_bias(scene: tuple) -> None:
     v, f, index = scene
     rng = np.random.default_rng(9)
     # 5% of the points a little off the surface (0.05-0.2 units): where Huber is meant.
-    truth, source, n_in = _with_outliers(v, f, rng, 100, (1.2, 1.4))
+    truth, source, n_in = _with_outliers(v, f, rng, 50, (1.2, 1.4))
     init = _perturb(truth, rng)
-    plain = icp(source, v, f, init=init, index=index, max_iterations=200)
-    huber = icp(source, v, f, init=init, index=index, max_iterations=200, robust="huber")
+    plain = icp(source, v, f, init=init, index=index, max_iterations=100)
+    huber = icp(source, v, f, init=init, index=index, max_iterations=100, robust="huber")
     err_plain = _displacement(plain.transform, truth, source[:n_in])
     err_huber = _displacement(huber.transform, truth, source[:n_in])
     assert huber.converged

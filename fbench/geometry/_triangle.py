@@ -161,20 +161,3 @@ def _closest_on_edges(
     bary[best_edge, cols] = 1.0 - best_t
     bary[(best_edge + 1) % 3, cols] = best_t
     return best_q, bary
-
-
-def closest_points_on_triangles(
-    points: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Closest point on triangle (a_i, b_i, c_i) to points_i, row by row, in float64.
-
-    Returns ``(q (M,3), bary (M,3))`` with ``q ≈ bary·(a, b, c)``. Degenerate triangles
-    (zero area, repeated vertex) are handled as their edges.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    m = a.shape[0]
-    vertices = np.concatenate((a, np.asarray(b, np.float64), np.asarray(c, np.float64)))
-    faces = np.arange(3 * m).reshape(3, m).T
-    pack = TrianglePack(vertices, faces)
-    q, _, bary, _ = pack.closest(points, np.arange(m))
-    return q, bary

@@ -232,7 +232,8 @@ def icp(
         init: starting transform (identity if None), e.g. Umeyama on landmarks.
         with_scale: also refine the scale.
         max_iterations: maximum number of Umeyama updates.
-        tol: stop when ``|E_prev - E| <= tol * E_prev`` for the objective E.
+        tol: stop when ``|E_prev - E| <= tol * E_prev``, E being the (robust-)weighted
+            mean distance recorded in ``history``.
         atol: also stop when ``E <= atol`` (an exact fit; point-to-point ICP converges
             linearly, so on noise-free data the relative change stays large all the
             way down). Default: 1e-12 x the target's bounding-box diagonal.
@@ -246,8 +247,8 @@ def icp(
         accelerate: Anderson acceleration (depth 5) of the ICP fixed-point iteration,
             safeguarded: an extrapolated transform is kept only if it lowers the robust
             objective, otherwise the plain ICP step is taken. Point-to-point ICP
-            converges linearly (hundreds of iterations on smooth faces); this typically
-            cuts that 5-10x and never does worse than plain ICP per accepted step.
+            converges linearly (hundreds of iterations on smooth surfaces); this
+            typically cuts the iteration count 5-10x.
         index: a prebuilt :class:`ClosestPointIndex` of the target (reuse across calls).
 
     Returns:

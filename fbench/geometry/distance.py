@@ -65,6 +65,8 @@ _ON_SURFACE_DELTAS = 64.0
 # Pairs evaluated at once when brute-forcing exposed degenerate triangles (memory cap).
 _CHUNK_PAIRS = 1 << 21
 
+# Queries answered per open3d call.
+_QUERY_BLOCK = 1 << 20
 # Below this many queries sorting them costs more than it saves.
 _SORT_MIN_POINTS = 4096
 # Cells per axis of the grid whose cell index orders the queries (12-bit key: numpy's
@@ -290,6 +292,14 @@ class ClosestPointIndex:
     def query(self, points: Any) -> SurfaceQuery:
         """Closest surface points of ``points`` (N, 3)."""
         p = _as_points(points)
+        if p.shape[0] <= _QUERY_BLOCK:
+            return self._query(p)
+        # Blocks bound open3d's per-query outputs (~40 bytes a point) for huge scans.
+        parts = [self._query(p[s : s + _QUERY_BLOCK]) for s in range(0, p.shape[0], _QUERY_BLOCK)]
+        return SurfaceQuery(*(np.concatenate([getattr(r, k) for r in parts]) for k in
+                              ("distances", "closest_points", "face_ids", "barycentric")))
+
+    def _query(self, p: np.ndarray) -> SurfaceQuery:
         n = p.shape[0]
         d = np.full(n, np.inf)
         q = np.zeros((n, 3))

@@ -211,7 +211,7 @@ def _read_obj(path: Path, units: Units, require_faces: bool) -> Mesh:
     uvs: list[list[float]] = []
     faces: list[list[int]] = []
     uv_faces: list[list[int]] = []
-    corners_without_uv = 0
+    faces_without_uv = 0
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -248,7 +248,7 @@ def _read_obj(path: Path, units: Units, require_faces: bool) -> Mesh:
                 if ti:
                     uv_faces.extend(_fan([ti]))
                 else:
-                    corners_without_uv += 1
+                    faces_without_uv += 1
                 faces.extend(_fan([vi]))
         except ValueError as exc:
             msg = str(exc) if str(exc).startswith("line ") else f"line {lineno}: {exc}"
@@ -261,9 +261,9 @@ def _read_obj(path: Path, units: Units, require_faces: bool) -> Mesh:
         raise MeshError("mesh has no faces", path)
     uv = np.asarray(uvs, dtype=np.float64) if uvs else None
     uvf: np.ndarray | None = np.asarray(uv_faces, dtype=np.int64) if uv_faces else None
-    if uvf is not None and corners_without_uv:
+    if uvf is not None and faces_without_uv:
         warnings.warn(
-            f"{path}: {corners_without_uv} faces have no texture indices; UVs dropped",
+            f"{path}: {faces_without_uv} faces have no texture indices; UVs dropped",
             stacklevel=3,
         )
         uv = uvf = None
