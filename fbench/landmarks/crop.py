@@ -1,0 +1,131 @@
+"""Square face crops from landmarks, and the affine that maps source pixels into the crop.
+
+Box geometry follows SMIRK's `crop_face` (datasets/base_dataset.py): the centre of the
+landmarks' extent, side = mean of the extent's width and height x scale.
+
+The crop is an axis-aligned square, so it is cut as an integer pixel region and resized
+(much cheaper than a general warp). The returned 2x3 affine is exact for the pixels written,
+in OpenCV's convention (pixel i has its centre at coordinate i):
+
+    u = (x - x0 + 0.5) * size / side - 0.5,   v = (y - y0 + 0.5) * size / side - 0.5
+
+Parts of the box outside the image are black (zero), as in SMIRK's skimage `warp`.
+Downscaling by 2x or more first averages whole pixel blocks (INTER_AREA with an integer
+factor), then resizes linearly, so large sources are not aliased.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_CANVAS_FACTOR = 8  # a box this many times the image is nonsense landmarks; warp instead of padding
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A square in source pixel coordinates: centre and side."""
+
+    cx: float
+    cy: float
+    side: float
+
+    def xyxy(self) -> tuple[float, float, float, float]:
+        h = self.side / 2
+        return (self.cx - h, self.cy - h, self.cx + h, self.cy + h)
+
+
+def valid_points(points: np.ndarray | None) -> np.ndarray | None:
+    """The (N, 2) x, y rows without NaN, or None when fewer than two remain."""
+    if points is None:
+        return None
+    xy = np.asarray(points, dtype=np.float64)[:, :2]
+    xy = xy[np.isfinite(xy).all(axis=1)]
+    return xy if len(xy) >= 2 else None
+
+
+def extent(points: np.ndarray) -> tuple[float, float, float, float] | None:
+    """(x0, y0, x1, y1) extent of the finite points, None when there are fewer than two."""
+    xy = valid_points(points)
+    if xy is None:
+        return None
+    return (float(xy[:, 0].min()), float(xy[:, 1].min()), float(xy[:, 0].max()), float(xy[:, 1].max()))
+
+
+def landmark_box(points: np.ndarray, scale: float) -> CropBox | None:
+    """SMIRK's crop box around landmarks (see module doc); None without enough finite points."""
+    ext = extent(points)
+    if ext is None:
+        return None
+    x0, y0, x1, y1 = ext
+    side = ((x1 - x0) + (y1 - y0)) / 2 * scale
+    if not side > 0:
+        return None
+    return CropBox((x0 + x1) / 2, (y0 + y1) / 2, side)
+
+
+def frame_box(height: int, width: int) -> CropBox:
+    """The centred square of the whole frame: the crop for a video frame with no face and no earlier box."""
+    side = float(min(height, width))
+    return CropBox((width - 1) / 2, (height - 1) / 2, side)
+
+
+@dataclass(frozen=True)
+class Crop:
+    image: np.ndarray  # (size, size, C) uint8
+    affine: np.ndarray  # (2, 3) float64, source pixels -> crop pixels
+    region: tuple[int, int, int]  # x0, y0, side: the integer source square that was resized
+
+
+def crop_affine(x0: int, y0: int, side: int, size: int) -> np.ndarray:
+    s = size / side
+    return np.array([[s, 0.0, (0.5 - x0) * s - 0.5], [0.0, s, (0.5 - y0) * s - 0.5]], dtype=np.float64)
+
+
+def crop_square(image: np.ndarray, box: CropBox, size: int) -> Crop:
+    """Cut `box` out of `image` (zero padded) and resize it to size x size."""
+    import cv2
+
+    if size < 1:
+        raise ValueError(f"crop size must be positive, got {size}")
+    h, w = image.shape[:2]
+    factor = max(1, int(box.side // size)) if box.side >= 2 * size else 1
+    side = max(factor, int(round(box.side / factor)) * factor)
+    x0 = int(math.floor(box.cx - side / 2 + 0.5))
+    y0 = int(math.floor(box.cy - side / 2 + 0.5))
+    affine = crop_affine(x0, y0, side, size)
+    if x0 >= 0 and y0 >= 0 and x0 + side <= w and y0 + side <= h:
+        region = image[y0:y0 + side, x0:x0 + side]
+    elif side > MAX_CANVAS_FACTOR * max(h, w):
+        out = cv2.warpAffine(image, affine, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        return Crop(out, affine, (x0, y0, side))
+    else:
+        region = np.zeros((side, side) + image.shape[2:], dtype=image.dtype)
+        ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
+        if ix1 > ix0 and iy1 > iy0:
+            region[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = image[iy0:iy1, ix0:ix1]
+    if factor > 1:
+        region = cv2.resize(region, (side // factor, side // factor), interpolation=cv2.INTER_AREA)
+    if region.shape[0] != size:
+        region = cv2.resize(region, (size, size), interpolation=cv2.INTER_LINEAR)
+    return Crop(np.ascontiguousarray(region), affine, (x0, y0, side))
+
+
+def transform_points(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 2x3 similarity to (N, 2|3) points; a z column is multiplied by the scale so it
+    stays in the units of x. NaN rows stay NaN. Returns float32."""
+    pts = np.asarray(points, dtype=np.float64)
+    out = pts.copy()
+    out[:, :2] = pts[:, :2] @ affine[:, :2].T + affine[:, 2]
+    if pts.shape[1] > 2:
+        out[:, 2:] = pts[:, 2:] * math.sqrt(abs(np.linalg.det(affine[:, :2])))
+    return out.astype(np.float32)
+
+
+def invert_affine(affine: np.ndarray) -> np.ndarray:
+    """The 2x3 inverse of a 2x3 affine."""
+    a = np.asarray(affine, dtype=np.float64)
+    inv = np.linalg.inv(a[:, :2])
+    return np.concatenate([inv, -inv @ a[:, 2:]], axis=1)

@@ -1,0 +1,17 @@
+"""Landmark set sizes and the MediaPipe subset SMIRK trains with."""
+
+from __future__ import annotations
+
+MEDIAPIPE_POINTS = 478  # face mesh 468 + 10 iris (refine_landmarks=True)
+FAN_POINTS = 68
+
+# The 105 MediaPipe points that have FLAME barycentric embeddings (SMIRK's
+# datasets/base_dataset.py `mediapipe_indices`; also FLAME's mp_landmark_indices), in that order.
+SMIRK_MEDIAPIPE_INDICES: tuple[int, ...] = (
+    276, 282, 283, 285, 293, 295, 296, 300, 334, 336, 46, 52, 53, 55, 63, 65, 66, 70, 105, 107,
+    249, 263, 362, 373, 374, 380, 381, 382, 384, 385, 386, 387, 388, 390, 398, 466, 7, 33, 133,
+    144, 145, 153, 154, 155, 157, 158, 159, 160, 161, 163, 173, 246, 168, 6, 197, 195, 5, 4, 129,
+    98, 97, 2, 326, 327, 358, 0, 13, 14, 17, 37, 39, 40, 61, 78, 80, 81, 82, 84, 87, 88, 91, 95,
+    146, 178, 181, 185, 191, 267, 269, 270, 291, 308, 310, 311, 312, 314, 317, 318, 321, 324, 375,
+    402, 405, 409, 415,
+)
