@@ -85,6 +85,10 @@ def test_obj_round_trip_is_exact(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back.uv, uv)
     np.testing.assert_array_equal(back.uv_faces, uv_faces)
     assert not list(path.parent.glob(".*tmp"))  # atomic write left nothing behind
+    # Same permissions as a plain open() would give (mkstemp alone makes 0600).
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
 
 
 def test_obj_polygons_negative_indices_and_slash_forms(tmp_path: Path) -> None:

@@ -182,6 +182,10 @@ def _atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb"
     try:
         with os.fdopen(fd, mode) as fh:
             write(fh)
+        # mkstemp makes the file private (0600); give it the mode open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
