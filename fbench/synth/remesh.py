@@ -17,7 +17,8 @@ Method (an approximated centroidal Voronoi remesh, after Valette & Chassery's AC
 2. `target_vertices` seeds are drawn among the fine vertices (area-weighted, from `seed`)
    and spread by Lloyd iterations of a geodesic Voronoi partition (multi-source Dijkstra
    on the fine edge graph, so regions never leak across lips or the ear's back): each
-   seed moves to the fine vertex of its region nearest the region's area centroid.
+   seed moves to the fine vertex of its region nearest the region's area centroid. Seeds
+   avoid the source's own vertices, so no new vertex is a source vertex.
 3. The new mesh is the dual of the final partition: a fine triangle whose corners lie in
    three different regions yields the triangle of those three seeds, oriented as the fine
    triangle. Triangles on non-manifold edges or with conflicting orientation (rare: four
@@ -137,6 +138,7 @@ def remesh(vertices: Any, faces: Any, target_vertices: int, *, face_mask: Any = 
     used, f = np.unique(f_src[face_ids], return_inverse=True)
     f = f.reshape(-1, 3)
     v = v_src[used]
+    n_original = len(v)  # subdivision appends midpoints, so fine ids below this are source vertices
     corner_bary = np.broadcast_to(np.eye(3), (len(f), 3, 3)).copy()
     src = face_ids.copy()
     area = _triangle_areas(v, f).sum()
@@ -145,7 +147,7 @@ def remesh(vertices: Any, faces: Any, target_vertices: int, *, face_mask: Any = 
     spacing = np.sqrt(2.0 * area / (np.sqrt(3.0) * target_vertices))  # edge of an equilateral tiling
     while np.linalg.norm(v[f[:, 0]] - v[f[:, 1]], axis=1).mean() > spacing / refine:
         v, f, corner_bary, src = _subdivide(v, f, corner_bary, src)
-    if target_vertices > len(v) // 2:
+    if target_vertices > (len(v) - n_original) // 2:
         raise ValueError(f"target_vertices={target_vertices} is too dense for this surface")
 
     edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
@@ -153,8 +155,12 @@ def remesh(vertices: Any, faces: Any, target_vertices: int, *, face_mask: Any = 
     graph = coo_matrix((lengths, (edges[:, 0], edges[:, 1])), shape=(len(v), len(v))).tocsr()
     vertex_area = np.bincount(f.ravel(), np.repeat(_triangle_areas(v, f) / 3.0, 3), minlength=len(v))
 
+    # Seeds are never source vertices (a new mesh sharing vertices with its source would make
+    # vertex-based comparisons look better than they are).
+    candidate_area = vertex_area.copy()
+    candidate_area[:n_original] = 0.0
     rng = np.random.default_rng(seed)
-    seeds = np.sort(rng.choice(len(v), size=target_vertices, replace=False, p=vertex_area / vertex_area.sum()))
+    seeds = np.sort(rng.choice(len(v), size=target_vertices, replace=False, p=candidate_area / candidate_area.sum()))
     for _ in range(lloyd_iterations):
         labels = _regions(graph, seeds, len(v))
         ok = labels >= 0
@@ -164,6 +170,7 @@ def remesh(vertices: Any, faces: Any, target_vertices: int, *, face_mask: Any = 
         # The member of each region nearest its centroid (ties to the lower index: deterministic).
         members = np.flatnonzero(ok)
         dist = np.linalg.norm(v[members] - centroid[labels[members]], axis=1)
+        dist[members < n_original] = np.inf  # a source vertex only when the region has nothing else
         order = members[np.lexsort((members, dist, labels[members]))]
         first = np.ones(len(order), bool)
         first[1:] = labels[order[1:]] != labels[order[:-1]]
