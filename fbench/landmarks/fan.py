@@ -32,10 +32,18 @@ class FanUnavailable(RuntimeError):
 
 
 def hub_checkpoints() -> Path:
-    """Where face-alignment looks for its weights: torch.hub.get_dir()/checkpoints."""
-    import torch
+    """Where face-alignment looks for its weights: torch.hub.get_dir()/checkpoints.
 
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    Worked out from the environment like torch does ($TORCH_HOME, $XDG_CACHE_HOME) without
+    importing torch (seconds); once torch is imported, its own answer is used (it may have
+    been moved with torch.hub.set_dir)."""
+    import sys
+
+    if "torch" in sys.modules:
+        return Path(sys.modules["torch"].hub.get_dir()) / "checkpoints"
+    from fbench.assets import torch_hub_checkpoints
+
+    return torch_hub_checkpoints()
 
 
 def missing_fan_files() -> list[Path]:

@@ -422,7 +422,7 @@ class UnitWorker:
     def run(self, unit: Unit, items: list[SourceItem]) -> dict[str, Any]:
         shard = ShardFile(self.dataset_dir / unit.shard_relpath(self.dataset))
         record: dict[str, Any] = {"split": unit.split, "index": unit.index, "shard": None, "sha256": None,
-                                  "bytes": 0, "items": len(items), "inputs": 0, "samples": 0, "mp": 0, "fan": 0,
+                                  "bytes": 0, "items": sum(seg.start == 0 for seg in unit.segments), "inputs": 0, "samples": 0, "mp": 0, "fan": 0,
                                   "ann": 0, "no_face": 0, "unexpected_errors": 0, "rejects": []}
         events = self._events(unit, items)
         try:
