@@ -14,6 +14,8 @@ the landmark files of FFHQ/AffectNet use.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,11 +23,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fbench.flame import FLAME, FlameParams
+from fbench.flame import FLAME, FlameOutput, FlameParams
+from fbench.flame.model import axis_angle_to_matrix, barycentric_points
 from fbench.render.rasterizer import interpolate_face_attributes, rasterize_meshes
 from fbench.render.smirk import vertex_normals
 
 N_EXP = 50  # SMIRK's expression width (configs/config_train.yaml arch.num_expression)
+FRONTAL_R = np.diag([1.0, -1.0, -1.0])  # world->camera rotation of a camera in front of the face
+
+
+@contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """Run torch with `n` intra-op threads, restoring the previous setting afterwards.
+
+    Rendering is many small tensor ops: threads gain little and, on shared cores, cost a lot
+    (a video writer measured 10x more CPU time with 2 threads than with 1 on a busy 2-core box).
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @dataclass
@@ -99,15 +118,25 @@ class Camera:
 
     @classmethod
     def looking_at_face(cls, width: int, height: int, face_height_px: float, center_px: tuple[float, float],
-                        distance: float = 0.6, face_height_m: float = 0.2) -> "Camera":
-        """A frontal camera at `distance` metres in front of the head (FLAME looks along +z).
+                        distance: float = 0.6, face_height_m: float = 0.2, azimuth_deg: float = 0.0,
+                        elevation_deg: float = 0.0) -> "Camera":
+        """A camera at `distance` metres from the head origin, looking at it (FLAME looks along +z).
 
         The focal length makes a `face_height_m` tall face `face_height_px` high; the head
-        origin projects to `center_px`.
+        origin projects to `center_px`. By default the camera is frontal; `azimuth_deg` moves
+        it round the head towards the subject's left (+x, positive) or right, and
+        `elevation_deg` above (positive) or below, as a multi-view rig does (MEAD's views).
         """
         f = face_height_px * distance / face_height_m
         K = np.array([[f, 0, center_px[0]], [0, f, center_px[1]], [0, 0, 1.0]])
-        R = np.diag([1.0, -1.0, -1.0])  # world y up / z towards camera -> camera y down / z forward
+        R = FRONTAL_R.copy()  # world y up / z towards camera -> camera y down / z forward
+        if azimuth_deg or elevation_deg:
+            # Orbit: the rig rotation M takes the frontal camera centre (0,0,d) to its new place;
+            # world->camera becomes R0 M^T and, as the orbit is about the origin, t is unchanged.
+            a, e = math.radians(azimuth_deg), math.radians(elevation_deg)
+            rot_y = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+            rot_x = np.array([[1, 0, 0], [0, math.cos(e), math.sin(e)], [0, -math.sin(e), math.cos(e)]])
+            R = R @ (rot_y @ rot_x).T
         return cls(K=K, R=R, t=np.array([0.0, 0.0, distance]), width=width, height=height)
 
     def to_camera(self, points: Tensor) -> Tensor:
@@ -162,6 +191,23 @@ class Appearance:
                    background=rng.uniform(0.05, 0.95, (4, 3)), texture_seed=int(rng.integers(2**31)))
 
 
+def syllable_jaw(rng: np.random.Generator, n_frames: int, fps: float,
+                 syllables: list[tuple[float, float]], amplitude: tuple[float, float] = (0.08, 0.22),
+                 rest: float = 0.02) -> np.ndarray:
+    """(n_frames,) jaw opening in radians that opens once per syllable, as a speaker's jaw does.
+
+    `syllables` are (start, end) times in seconds; each adds a raised-cosine bump (smooth, zero
+    slope at both ends) of a random height in `amplitude` on top of a slightly open `rest`.
+    """
+    t = (np.arange(n_frames) + 0.5) / fps  # frame centres
+    jaw = np.full(n_frames, rest)
+    for start, end in syllables:
+        width = max(end - start, 1.5 / fps)  # never narrower than the frame rate can show
+        u = np.clip((t - start) / width, 0.0, 1.0)
+        jaw = np.maximum(jaw, rest + rng.uniform(*amplitude) * 0.5 * (1 - np.cos(2 * np.pi * u)))
+    return jaw
+
+
 def vertex_albedo(flame: FLAME, appearance: Appearance) -> Tensor:
     """(V,3) colours: skin with slow variation, lips, hair on the scalp, eyeball whites, irises and pupils."""
     masks = flame.masks
@@ -188,6 +234,32 @@ def vertex_albedo(flame: FLAME, appearance: Appearance) -> Tensor:
     return colour.float()
 
 
+def frame_output(outputs: FlameOutput, f: int) -> FlameOutput:
+    """Frame `f` of a batched FLAME output as a batch of one (for `render_photo(flame_output=...)`)."""
+    return FlameOutput(**{k: v[f:f + 1] for k, v in vars(outputs).items()})
+
+
+def camera_landmarks68(flame: FLAME, params: FlameParams, vertices: Tensor, camera: Camera,
+                       landmarks68: Tensor) -> Tensor:
+    """The 68 landmarks with the jaw contour chosen for the head yaw *as this camera sees it*.
+
+    FLAME picks the 17 contour points from the head's yaw in world coordinates, which is the
+    yaw a frontal camera sees. For a camera moved round the head (a side view) the visible
+    jawline is the one of the head turned by the inverse rig rotation, so the bins come from
+    that rotation; a frontal camera gets FLAME's own landmarks unchanged.
+    """
+    view = FRONTAL_R.T @ camera.R  # M^T: identity for a frontal camera
+    if np.allclose(view, np.eye(3)):
+        return landmarks68
+    batch = params.batch_size
+    pose = torch.cat([params.global_pose, params.neck], dim=1).reshape(batch, 2, 3).to(vertices.dtype)
+    rots = axis_angle_to_matrix(pose)
+    rots = torch.cat([torch.as_tensor(view, dtype=rots.dtype) @ rots[:, :1], rots[:, 1:]], dim=1)
+    bins = flame.contour_bins(rots)
+    contour = barycentric_points(vertices, flame.dynamic_lmk_vertices[bins], flame.dynamic_lmk_bary[bins])
+    return torch.cat([contour, landmarks68[:, contour.shape[1]:]], dim=1)
+
+
 def background_image(appearance: Appearance, width: int, height: int) -> Tensor:
     """(H,W,3) bilinear colour gradient with soft random blobs, in [0,1]."""
     c = torch.as_tensor(appearance.background, dtype=torch.float32)
@@ -210,17 +282,74 @@ class Rendered:
 
 @torch.no_grad()
 def render_photo(flame: FLAME, params: FlameParams, camera: Camera, appearance: Appearance,
-                 albedo: Tensor | None = None, supersample: int = 2) -> Rendered:
-    """Render one face (batch of one) as a photo-like RGB image with exact landmarks."""
+                 albedo: Tensor | None = None, supersample: int = 2, background: Tensor | None = None,
+                 flame_output: FlameOutput | None = None) -> Rendered:
+    """Render one face (batch of one) as a photo-like RGB image with exact landmarks.
+
+    `albedo` and `background` (the supersampled `background_image`, (H*s, W*s, 3)) may be
+    computed once per video and passed in; they default to the appearance's own. So may
+    `flame_output` (`flame(params)`, batch of one), when several cameras see the same frame.
+    """
     if params.batch_size != 1:
         raise ValueError("render_photo draws one face at a time")
-    out = flame(params)
+    out = flame(params) if flame_output is None else flame_output
+    if out.vertices.shape[0] != 1:
+        raise ValueError("flame_output must be the output for this one parameter set")
     albedo = vertex_albedo(flame, appearance) if albedo is None else albedo
     w, h = camera.width * supersample, camera.height * supersample
     big = Camera(K=camera.K * np.array([[supersample], [supersample], [1]]), R=camera.R, t=camera.t, width=w, height=h)
     verts = out.vertices.float()
-    fragments = rasterize_meshes(big.to_ndc(verts), flame.faces, (h, w))
+    if background is None:
+        background = background_image(appearance, w, h)
+    elif tuple(background.shape) != (h, w, 3):
+        raise ValueError(f"background must be ({h}, {w}, 3) at supersample {supersample}, "
+                         f"got {tuple(background.shape)}")
+    # Rasterize and shade only the window the head covers, aligned to the supersampling blocks:
+    # everything else is background, and per-pixel work over the whole frame dominated the
+    # cost of a small face in a large frame (MEAD's 16:9 views). The picture is the full render's
+    # up to float rounding (a few pixels where two faces tie in depth may pick the other face).
+    x0, y0, x1, y1 = _head_window(big, verts[0], supersample)
+    image, mask = background.clone(), torch.zeros(camera.height, camera.width, dtype=torch.bool)
+    if x1 > x0 and y1 > y0:
+        K = big.K.copy()
+        K[0, 2] -= x0
+        K[1, 2] -= y0
+        window = Camera(K=K, R=camera.R, t=camera.t, width=x1 - x0, height=y1 - y0)
+        shaded, covered = _shade(flame, verts, window, appearance, albedo)
+        image[y0:y1, x0:x1] = torch.where(covered[..., None], shaded, background[y0:y1, x0:x1])
+        # The window is aligned to whole output pixels, so its coverage pools on its own.
+        if supersample > 1:
+            covered = F.avg_pool2d(covered[None, None].float(), supersample)[0, 0] > 0.5
+        mask[y0 // supersample:y1 // supersample, x0 // supersample:x1 // supersample] = covered
+    image = image.clamp(0, 1)
+    if supersample > 1:  # box-filter anti-aliasing
+        image = F.avg_pool2d(image.permute(2, 0, 1)[None], supersample)[0].permute(1, 2, 0)
+    return Rendered(image=(image.numpy() * 255 + 0.5).astype(np.uint8),
+                    landmarks68=camera.project(camera_landmarks68(flame, params, out.vertices, camera,
+                                                                  out.landmarks)[0].float()).numpy(),
+                    landmarks_mp=camera.project(out.landmarks_mp[0].float()).numpy(),
+                    face_mask=mask.numpy())
 
+
+def _head_window(camera: Camera, verts: Tensor, block: int) -> tuple[int, int, int, int]:
+    """Pixel box (x0, y0, x1, y1) holding the projected head plus a pixel, in multiples of `block`,
+    clipped to the image (empty when the head is off-screen); the whole image when a vertex
+    is behind the camera (its projection would be meaningless)."""
+    if bool((camera.to_camera(verts)[:, 2] <= 0).any()):
+        return 0, 0, camera.width, camera.height
+    uv = camera.project(verts)
+    lo, hi = uv.min(0).values, uv.max(0).values
+    x0 = min(max(int(math.floor(lo[0])) - 1, 0), camera.width) // block * block
+    y0 = min(max(int(math.floor(lo[1])) - 1, 0), camera.height) // block * block
+    x1 = -(-min(max(int(math.ceil(hi[0])) + 1, 0), camera.width) // block) * block
+    y1 = -(-min(max(int(math.ceil(hi[1])) + 1, 0), camera.height) // block) * block
+    return x0, y0, x1, y1
+
+
+def _shade(flame: FLAME, verts: Tensor, camera: Camera, appearance: Appearance,
+           albedo: Tensor) -> tuple[Tensor, Tensor]:
+    """Shaded colour (H,W,3) and coverage (H,W) of the head seen by `camera` (no background)."""
+    fragments = rasterize_meshes(camera.to_ndc(verts), flame.faces, (camera.height, camera.width))
     normals = vertex_normals(verts, flame.faces)[0] @ torch.as_tensor(camera.R, dtype=torch.float32).T
     faces = flame.faces
     attrs = torch.cat([albedo, normals], dim=1)[faces]  # (F,3,6)
@@ -235,12 +364,4 @@ def render_photo(flame: FLAME, params: FlameParams, camera: Camera, appearance: 
     shaded = colour * (appearance.ambient + (1 - appearance.ambient) * diffuse) + specular
     # Inside of the head seen through the open mouth: a dark oral cavity.
     shaded = torch.where(facing < 0, torch.tensor([0.12, 0.03, 0.03]), shaded)
-    mask = fragments.mask[0]
-    image = torch.where(mask[..., None], shaded, background_image(appearance, w, h)).clamp(0, 1)
-    if supersample > 1:  # box-filter anti-aliasing
-        image = F.avg_pool2d(image.permute(2, 0, 1)[None], supersample)[0].permute(1, 2, 0)
-        mask = F.avg_pool2d(mask[None, None].float(), supersample)[0, 0] > 0.5
-    return Rendered(image=(image.numpy() * 255 + 0.5).astype(np.uint8),
-                    landmarks68=camera.project(out.landmarks[0].float()).numpy(),
-                    landmarks_mp=camera.project(out.landmarks_mp[0].float()).numpy(),
-                    face_mask=mask.numpy())
+    return shaded, fragments.mask[0]
