@@ -216,6 +216,30 @@ def test_shard_file_is_deterministic_and_readable(tmp_path: Path) -> None:
     assert samples[2].mp[0, 0] == 2 and np.isnan(samples[2].mp[3]).all() and samples[1].meta == {"k": 1, "key": "ds_s1"}
 
 
+def test_shard_bytes_equal_tarfiles_and_npy_equals_np_save(tmp_path: Path) -> None:
+    """The fast header template writes exactly what tarfile writes for the same members."""
+    members = [("ds_a", {"jpg": b"x" * 1000, "json": b"{}", "mp.npy": b"y" * 5864}),
+               ("ds_" + "b" * 80, {"fan.npy": b"", "jpg": b"z" * 512})]
+    shard = ShardFile(tmp_path / "s.tar")
+    for key, m in members:
+        shard.write({"__key__": key, **m})
+    shard.commit()
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        for key, m in members:
+            for ext in sorted(m):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode, info.uname, info.gname = len(m[ext]), 0, 0o444, "fbench", "fbench"
+                tar.addfile(info, io.BytesIO(m[ext]))
+    assert (tmp_path / "s.tar").read_bytes() == expected.getvalue()
+    from fbench.shards.schema import npy_bytes
+
+    for array in (np.full((478, 3), np.nan, np.float32), np.arange(10.0).reshape(5, 2), np.zeros((0, 2), np.float32)):
+        ref = io.BytesIO()
+        np.save(ref, array)
+        assert npy_bytes(array) == ref.getvalue()
+
+
 def test_shard_file_abort_leaves_nothing(tmp_path: Path) -> None:
     shard = ShardFile(tmp_path / "s.tar")
     shard.write(_sample("ds_a", 1))

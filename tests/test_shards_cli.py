@@ -49,6 +49,15 @@ def test_prep_command_passes_options(prepped: Path) -> None:
     assert manifest["counts"]["val"]["samples"] == len(range(0, CLIP_FRAMES, 3))
 
 
+def test_prep_plugin_satisfies_the_pipeline_registry() -> None:
+    from fbench.registry import SPECS, check_plugin
+    from fbench.shards.cli import prep_plugin
+
+    plugin = prep_plugin(ToySource(), "toy faces")
+    assert check_plugin(SPECS["pipelines"], "toy", plugin) == []
+    assert plugin.command.name == "toy" and plugin.stage == "prep"
+
+
 def test_prep_command_errors_are_readable(toy_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     command = prep_command(ToySource())

@@ -73,6 +73,23 @@ def frame_box(height: int, width: int) -> CropBox:
 
 
 @dataclass(frozen=True)
+class CropPlan:
+    """Where a crop comes from: the integer source square (x0, y0, side), the pre-reduction
+    factor, and the affine source -> crop. Cheap to compute; `cut` does the pixel work."""
+
+    x0: int
+    y0: int
+    side: int
+    factor: int
+    size: int
+    affine: np.ndarray  # (2, 3) float64
+
+    @property
+    def region(self) -> tuple[int, int, int]:
+        return (self.x0, self.y0, self.side)
+
+
+@dataclass(frozen=True)
 class Crop:
     image: np.ndarray  # (size, size, C) uint8
     affine: np.ndarray  # (2, 3) float64, source pixels -> crop pixels
@@ -84,33 +101,44 @@ def crop_affine(x0: int, y0: int, side: int, size: int) -> np.ndarray:
     return np.array([[s, 0.0, (0.5 - x0) * s - 0.5], [0.0, s, (0.5 - y0) * s - 0.5]], dtype=np.float64)
 
 
-def crop_square(image: np.ndarray, box: CropBox, size: int) -> Crop:
-    """Cut `box` out of `image` (zero padded) and resize it to size x size."""
-    import cv2
-
+def plan_crop(box: CropBox, size: int) -> CropPlan:
+    """The integer source square for `box` and its affine onto a size x size crop."""
     if size < 1:
         raise ValueError(f"crop size must be positive, got {size}")
-    h, w = image.shape[:2]
     factor = max(1, int(box.side // size)) if box.side >= 2 * size else 1
     side = max(factor, int(round(box.side / factor)) * factor)
     x0 = int(math.floor(box.cx - side / 2 + 0.5))
     y0 = int(math.floor(box.cy - side / 2 + 0.5))
-    affine = crop_affine(x0, y0, side, size)
+    return CropPlan(x0, y0, side, factor, size, crop_affine(x0, y0, side, size))
+
+
+def cut(image: np.ndarray, plan: CropPlan) -> np.ndarray:
+    """The pixels of a planned crop (zero padded outside the image)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    x0, y0, side, size = plan.x0, plan.y0, plan.side, plan.size
     if x0 >= 0 and y0 >= 0 and x0 + side <= w and y0 + side <= h:
         region = image[y0:y0 + side, x0:x0 + side]
     elif side > MAX_CANVAS_FACTOR * max(h, w):
-        out = cv2.warpAffine(image, affine, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        return Crop(out, affine, (x0, y0, side))
+        return cv2.warpAffine(image, plan.affine, (size, size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT)
     else:
         region = np.zeros((side, side) + image.shape[2:], dtype=image.dtype)
         ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
         if ix1 > ix0 and iy1 > iy0:
             region[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = image[iy0:iy1, ix0:ix1]
-    if factor > 1:
-        region = cv2.resize(region, (side // factor, side // factor), interpolation=cv2.INTER_AREA)
+    if plan.factor > 1:
+        region = cv2.resize(region, (side // plan.factor, side // plan.factor), interpolation=cv2.INTER_AREA)
     if region.shape[0] != size:
         region = cv2.resize(region, (size, size), interpolation=cv2.INTER_LINEAR)
-    return Crop(np.ascontiguousarray(region), affine, (x0, y0, side))
+    return np.ascontiguousarray(region)
+
+
+def crop_square(image: np.ndarray, box: CropBox, size: int) -> Crop:
+    """Cut `box` out of `image` (zero padded) and resize it to size x size."""
+    plan = plan_crop(box, size)
+    return Crop(cut(image, plan), plan.affine, plan.region)
 
 
 def transform_points(affine: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -1,13 +1,15 @@
 """Command line for shards: the `fbench shards` group and the building blocks of `fbench prep <dataset>`.
 
-Mount in fbench/cli.py with `main.add_command(shards_group)`. A pipeline plugin builds its
-prep command with `prep_command(MySource(), help=...)` (or decorates its own command with
-`prep_options` and calls `config_from_options` + `run_prep_command`).
+Mount in fbench/cli.py with `main.add_command(shards_group)`. A pipeline plugin is
+`prep_plugin(MySource(), summary)`; its command comes from `prep_command(source)` (or a
+pipeline decorates its own command with `prep_options` and calls `config_from_options` +
+`run_prep_command`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -133,6 +135,25 @@ def prep_command(source: DatasetSource, help: str | None = None,
     for name, text in reversed(list(filter_options.items())):
         f = click.option(f"--{name.replace('_', '-')}", name, callback=_csv, default=None, help=text)(f)
     return click.command(source.name, help=doc)(f)
+
+
+@dataclass(frozen=True)
+class PrepPlugin:
+    """A `fbench.pipelines` registry entry for a prep pipeline (name, summary, stage, command).
+
+    In pipelines/<dataset>.py:  `plugin = prep_plugin(FFHQSource(), "FFHQ 70k faces, 68 landmarks")`
+    and in pyproject.toml:      `[project.entry-points."fbench.pipelines"] ffhq = "pipelines.ffhq:plugin"`."""
+
+    name: str
+    summary: str
+    command: click.Command
+    source: DatasetSource
+    stage: str = "prep"
+
+
+def prep_plugin(source: DatasetSource, summary: str, help: str | None = None,
+                filter_options: Mapping[str, str] | None = None) -> PrepPlugin:
+    return PrepPlugin(source.name, summary, prep_command(source, help or summary, filter_options), source)
 
 
 # ---------------------------------------------------------------------------------- fbench shards
@@ -268,4 +289,4 @@ def merge_manifests_command(paths: tuple[Path, ...], out: Path | None) -> None:
 
 
 __all__ = ["shards_group", "prep_options", "config_from_options", "run_prep_command", "prep_command",
-           "write_inspection"]
+           "prep_plugin", "PrepPlugin", "write_inspection"]

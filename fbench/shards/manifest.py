@@ -70,7 +70,7 @@ def build_manifest(*, dataset: str, config, sources: dict[str, str | None], vers
     part = list(config.part) if config.part[1] > 1 else None
     manifest = {
         "format": FORMAT, "schema": SCHEMA_VERSION, "dataset": dataset, "identity": identity, "part": part,
-        "root": str(config.root), "splits": list(splits), "config": config.content(),
+        "root": str(Path(config.root).absolute()), "splits": list(splits), "config": config.content(),
         "landmark_sources": sources, "versions": versions,
         "units": {"plan": units_in_plan, "here": len(records)},
         "counts": counts, "total": total, "shards": shards,

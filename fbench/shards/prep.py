@@ -57,7 +57,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from fbench.landmarks.annotate import Annotator, LandmarkConfig
-from fbench.landmarks.crop import crop_square, frame_box, transform_points
+from fbench.landmarks.crop import cut, frame_box, plan_crop, transform_points
 from fbench.shards.io import atomic_write_json, atomic_write_lines, dumps_json, read_json
 from fbench.shards.keys import check_dataset_name, resolve_in_root, safe_key
 from fbench.shards.media import InputError, probe_video_frames
@@ -335,13 +335,18 @@ class _Background:
                 else:
                     raise value
         finally:
-            self._stop.set()
-            self._thread.join()
+            self.close()
+
+    def close(self) -> None:
+        """Stop the helper thread (it finishes the item it is reading) and wait for it."""
+        self._stop.set()
+        self._thread.join()
 
 
 class _SampleWriter:
-    """Encodes samples (JPEG, npy, JSON) and appends them to the shard, in submission order;
-    in a helper thread when overlapping, so encoding runs while MediaPipe works on the next frame."""
+    """Cuts the crops, encodes samples (JPEG, npy, JSON) and appends them to the shard, in
+    submission order; in a helper thread when overlapping, so this pixel work runs while
+    MediaPipe works on the next frame."""
 
     MAX_PENDING = 4  # samples in flight: bounds memory, keeps the helper busy
 
@@ -351,8 +356,8 @@ class _SampleWriter:
         self.pending: deque[Future] = deque()
 
     def _write(self, shard: ShardFile, parts: tuple) -> None:
-        key, image, mp, fan, ann, meta = parts
-        shard.write(encode_sample(key, encode_jpeg(image, self.quality), mp, fan, ann, meta))
+        key, image, plan, mp, fan, ann, meta = parts
+        shard.write(encode_sample(key, encode_jpeg(cut(image, plan), self.quality), mp, fan, ann, meta))
 
     def put(self, shard: ShardFile, parts: tuple) -> None:
         if self.pool is None:
@@ -363,14 +368,15 @@ class _SampleWriter:
             self.pending.popleft().result()
 
     def drain(self) -> None:
-        """Wait for every submitted sample; re-raises a write error."""
-        try:
-            while self.pending:
+        """Wait for every submitted sample, then re-raise the first write error, if any."""
+        error = None
+        while self.pending:
+            try:
                 self.pending.popleft().result()
-        finally:
-            for future in self.pending:
-                future.cancel()
-            self.pending.clear()
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def close(self) -> None:
         if self.pool is not None:
@@ -425,9 +431,10 @@ class UnitWorker:
                                   "bytes": 0, "items": sum(seg.start == 0 for seg in unit.segments), "inputs": 0, "samples": 0, "mp": 0, "fan": 0,
                                   "ann": 0, "no_face": 0, "unexpected_errors": 0, "rejects": []}
         events = self._events(unit, items)
+        background = _Background(events) if self.overlap else None
         try:
             previous_box, failed = None, False
-            for s, kind, payload in (_Background(events) if self.overlap else events):
+            for s, kind, payload in (background if background is not None else events):
                 item, segment = items[s], unit.segments[s]
                 if kind == "frame":
                     previous_box = self._frame(item, payload, previous_box, shard, record) or previous_box
@@ -446,8 +453,10 @@ class UnitWorker:
             else:
                 shard.abort()
         except BaseException:
+            if background is not None:
+                background.close()
             try:
-                self.writer.drain()
+                self.writer.drain()  # let in-flight writes finish before the file goes
             except BaseException:
                 pass
             shard.abort()
@@ -517,10 +526,10 @@ class UnitWorker:
             box, box_source = (previous_box, "previous") if previous_box is not None else \
                 (frame_box(*image.shape[:2]), "frame")
             record["no_face"] += 1
-        crop = crop_square(image, box, cfg.size)
-        mp = transform_points(crop.affine, lm.mp)
-        fan = transform_points(crop.affine, lm.fan)
-        ann_crop = transform_points(crop.affine, ann) if ann is not None else None
+        plan = plan_crop(box, cfg.size)
+        mp = transform_points(plan.affine, lm.mp)
+        fan = transform_points(plan.affine, lm.fan)
+        ann_crop = transform_points(plan.affine, ann) if ann is not None else None
         record["mp"] += lm.mp_found
         record["fan"] += lm.fan_found
         record["ann"] += ann is not None
@@ -530,14 +539,14 @@ class UnitWorker:
             "source_path": item.path, "kind": item.kind, "frame_index": frame, "subject": item.subject,
             "labels": dict(item.labels), "source_size": [int(image.shape[1]), int(image.shape[0])],
             "box": [round(float(v), 4) for v in box.xyxy()], "box_source": box_source,
-            "crop_region": list(crop.region), "crop_size": cfg.size, "crop_scale": cfg.crop_scale,
-            "affine": crop.affine.tolist(),
+            "crop_region": list(plan.region), "crop_size": cfg.size, "crop_scale": cfg.crop_scale,
+            "affine": plan.affine.tolist(),
             "landmarks": {"mp": lm.mp_found, "fan": lm.fan_found,
                           "ann": item.annotation_format if ann is not None else None},
             "landmark_sources": {**self.sources,
                                  "ann": f"dataset annotations ({item.annotation_format})" if ann is not None else None},
         }
-        parts = (key, crop.image, mp, fan, ann_crop, meta)
+        parts = (key, image, plan, mp, fan, ann_crop, meta)
         return parts, (box if box_source in ("mediapipe", "fan", "annotations") else None)
 
     def close(self) -> None:
@@ -754,8 +763,9 @@ def _run_pool(source, config, dataset_dir, sources, plan, todo, finished, bar) -
                     try:
                         record = future.result()
                     except BrokenProcessPool as exc:
-                        raise PrepError("a prep worker process died (killed, or out of memory); finished shards "
-                                        "are kept: rerun the same command to resume") from exc
+                        raise PrepError("a prep worker process died (killed, out of memory, or failed to start: see "
+                                        "the log above); finished shards are kept: rerun the same command to "
+                                        "resume") from exc
                     except Exception as exc:
                         raise PrepError(f"unit {unit.shard_relpath(plan.dataset)} failed: {type(exc).__name__}: "
                                         f"{exc}; finished shards are kept: rerun the same command to resume") from exc

@@ -25,10 +25,19 @@ IMAGE_EXT = "jpg"
 MEMBERS = ("jpg", "mp.npy", "fan.npy", "ann.npy", "json")
 
 
+_NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
+    """`np.save` bytes of an array (header cached per dtype and shape: np.save is slow per call)."""
+    array = np.ascontiguousarray(array)
+    spec = (array.dtype.str, array.shape)
+    header = _NPY_HEADERS.get(spec)
+    if header is None:
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(array.shape, array.dtype), allow_pickle=False)
+        header = _NPY_HEADERS[spec] = buf.getvalue()[: buf.tell() - array.nbytes]
+    return header + array.tobytes()
 
 
 def npy_load(data: bytes) -> np.ndarray:
