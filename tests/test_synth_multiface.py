@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image, ImageDraw
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from fbench.flame import load_flame
@@ -237,6 +238,8 @@ def test_flame_to_mesh_and_head_pose_are_consistent(flame, capture):
         in_mesh_frame = s * v @ R.T + t
         back = in_mesh_frame @ transform[:, :3].T + transform[:, 3]
         assert np.abs(back - flame_mm).max() < 1e-6
+        if row == 0:  # the file's vertices lie on the GT surface expressed in the file's frame
+            assert point_mesh_distance(head, in_mesh_frame, flame.faces.numpy()).distances.max() < 0.01
         assert gt.extras["flame_to_world_scale"][row] == 1000.0
         R_w = gt.extras["flame_to_world_R"][row]
         assert np.allclose(R_w @ R_w.T, np.eye(3), atol=1e-12)
@@ -266,15 +269,17 @@ def test_gt_landmarks_are_krt_projections_of_flame_landmarks(flame, capture):
         assert inside, "the whole face is in the picture"
 
 
-def silhouette(cam: dict, world: np.ndarray, faces: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Pixels covered by the projected triangles (PIL polygon fill, no depth test needed)."""
-    uv = project(cam, world)
-    canvas = Image.new("1", size, 0)
+def silhouette(cam: dict, world: np.ndarray, faces: np.ndarray, size: tuple[int, int], sub: int = 8) -> np.ndarray:
+    """Pixels mostly covered by the projected triangles: PIL polygon fill on a `sub`-times finer
+    grid (no depth test needed for a silhouette), box-averaged, more than half covered."""
+    uv = project(cam, world) * sub
+    canvas = Image.new("L", (size[0] * sub, size[1] * sub), 0)
     draw = ImageDraw.Draw(canvas)
     for tri in uv[faces]:
-        # Continuous coordinates, pixel centres at +0.5: shift so PIL's integer grid samples centres.
+        # Continuous coordinates, fine-pixel centres at +0.5: shift so PIL's integer grid samples centres.
         draw.polygon([tuple(p - 0.5) for p in tri], fill=1)
-    return np.asarray(canvas, dtype=bool)
+    fine = np.asarray(canvas, dtype=np.float64).reshape(size[1], sub, size[0], sub)
+    return fine.mean(axis=(1, 3)) > 0.5
 
 
 def test_image_shows_the_face_where_the_mesh_projects(capture):
@@ -286,7 +291,10 @@ def test_image_shows_the_face_where_the_mesh_projects(capture):
         mesh = silhouette(cam, world, faces, (w, h))
         mask = np.unpackbits(gt.extras["face_mask"][row], axis=1)[:, :w].astype(bool)
         iou = (mesh & mask).sum() / (mesh | mask).sum()
-        assert iou > 0.9, f"frame {row}: silhouette IoU {iou:.3f}"
+        # Disagreeing pixels per pixel of outline: the mean gap between the two outlines, in pixels
+        # (about 0.25 here: the re-mesh's neck edge and float rounding; a misplaced mesh gives > 0.8).
+        gap = (mesh ^ mask).sum() / (mask ^ ndimage.binary_erosion(mask)).sum()
+        assert iou > 0.975 and gap < 0.5, f"frame {row}: silhouette IoU {iou:.3f}, outline gap {gap:.2f} px"
         # The picture changes across the silhouette: background outside, shaded face inside.
         img = image.astype(np.float64)
         edge = mesh[:, 1:] != mesh[:, :-1]
