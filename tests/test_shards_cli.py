@@ -64,6 +64,8 @@ def test_prep_command_errors_are_readable(toy_root: Path, tmp_path: Path, monkey
     base = ["--root", str(toy_root), "--out", str(tmp_path / "out"), "--no-progress"]
     result = CliRunner().invoke(command, base + ["--fan", "required"])
     assert result.exit_code == 1 and "2DFAN4-11f355bf06.pth.tar" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(command, base + ["--limit", "1", "--splits", "train"])  # click 8.2+: stderr kept apart
+    assert result.exit_code == 0 and "note: FAN is off" in result.stderr and "2DFAN4" in result.stderr
     result = CliRunner().invoke(command, base + ["--part", "4/4"])
     assert result.exit_code == 2 and "0..N-1" in result.output
     result = CliRunner().invoke(command, base + ["--splits", "dev"])

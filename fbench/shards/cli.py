@@ -94,9 +94,14 @@ def config_from_options(filters: Mapping[str, tuple[str, ...]] | None = None, **
 
 def run_prep_command(source: DatasetSource, config) -> None:
     """Run a prep and print its summary; errors the user can fix become click errors."""
-    from fbench.landmarks.fan import FanUnavailable
+    from fbench.landmarks.fan import FanUnavailable, missing_fan_files
     from fbench.shards.prep import PrepError, run_prep
 
+    if config.landmarks.landmarks == "detect" and config.landmarks.fan == "auto":
+        missing = missing_fan_files()
+        if missing:
+            click.echo(f"note: FAN is off ({', '.join(p.name for p in missing)} not in {missing[0].parent}): "
+                       "fan.npy will be NaN; `fbench assets` says where to get the weights", err=True)
     try:
         result = run_prep(source, config)
     except (PrepError, FanUnavailable, FileNotFoundError, ValueError) as exc:

@@ -323,6 +323,10 @@ class _Background:
             self._put(("end", None))
         except BaseException as exc:  # handed to the consumer thread
             self._put(("error", exc))
+        finally:
+            close = getattr(iterable, "close", None)
+            if close is not None:
+                close()  # a stopped generator releases its open files (video containers) now
 
     def __iter__(self):
         try:
@@ -428,8 +432,9 @@ class UnitWorker:
     def run(self, unit: Unit, items: list[SourceItem]) -> dict[str, Any]:
         shard = ShardFile(self.dataset_dir / unit.shard_relpath(self.dataset))
         record: dict[str, Any] = {"split": unit.split, "index": unit.index, "shard": None, "sha256": None,
-                                  "bytes": 0, "items": sum(seg.start == 0 for seg in unit.segments), "inputs": 0, "samples": 0, "mp": 0, "fan": 0,
-                                  "ann": 0, "no_face": 0, "unexpected_errors": 0, "rejects": []}
+                                  "bytes": 0, "items": sum(seg.start == 0 for seg in unit.segments),  # once per video
+                                  "inputs": 0, "samples": 0, "mp": 0, "fan": 0, "ann": 0, "no_face": 0,
+                                  "unexpected_errors": 0, "rejects": []}
         events = self._events(unit, items)
         background = _Background(events) if self.overlap else None
         try:
@@ -496,7 +501,7 @@ class UnitWorker:
         frame_index, image = payload
         frame = int(frame_index) if item.kind == "video" else None
         try:
-            parts, box = self._sample(item, frame, image, previous_box, record)
+            parts, box, stats = self._sample(item, frame, image, previous_box)
         except InputError as exc:
             self._reject(record, item, frame, str(exc))
         except Exception as exc:  # a detector or pipeline bug on one input must not end a long run
@@ -504,12 +509,15 @@ class UnitWorker:
         else:
             self.writer.put(shard, parts)
             record["samples"] += 1
+            for k, v in stats.items():
+                record[k] += v
             return box
         return None
 
-    def _sample(self, item: SourceItem, frame: int | None, image: np.ndarray, previous_box,
-                record: dict[str, Any]) -> tuple[tuple, Any]:
-        """Landmarks and crop of one frame: the parts of a sample, and its box when a face gave one."""
+    def _sample(self, item: SourceItem, frame: int | None, image: np.ndarray,
+                previous_box) -> tuple[tuple, Any, dict[str, int]]:
+        """Landmarks and crop plan of one frame: the parts of a sample, the box when a face gave
+        one, and the sample's landmark counts."""
         cfg = self.config.landmarks
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise InputError(f"{item.path}: expected an RGB uint8 image, got {image.dtype} {image.shape}", frame)
@@ -525,14 +533,12 @@ class UnitWorker:
                 raise InputError(f"{item.path}: {found}")
             box, box_source = (previous_box, "previous") if previous_box is not None else \
                 (frame_box(*image.shape[:2]), "frame")
-            record["no_face"] += 1
         plan = plan_crop(box, cfg.size)
         mp = transform_points(plan.affine, lm.mp)
         fan = transform_points(plan.affine, lm.fan)
         ann_crop = transform_points(plan.affine, ann) if ann is not None else None
-        record["mp"] += lm.mp_found
-        record["fan"] += lm.fan_found
-        record["ann"] += ann is not None
+        stats = {"mp": int(lm.mp_found), "fan": int(lm.fan_found), "ann": int(ann is not None),
+                 "no_face": int(box_source in ("previous", "frame"))}
         key = safe_key(self.dataset, item.id) if frame is None else f"{safe_key(self.dataset, item.id)}_f{frame:06d}"
         meta = {
             "schema": SCHEMA_VERSION, "dataset": self.dataset, "key": key, "id": item.id, "split": item.split,
@@ -547,7 +553,7 @@ class UnitWorker:
                                  "ann": f"dataset annotations ({item.annotation_format})" if ann is not None else None},
         }
         parts = (key, image, plan, mp, fan, ann_crop, meta)
-        return parts, (box if box_source in ("mediapipe", "fan", "annotations") else None)
+        return parts, (None if stats["no_face"] else box), stats
 
     def close(self) -> None:
         self.writer.close()
