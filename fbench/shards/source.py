@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping, Protocol, Sequence, runtime_checkable
@@ -132,14 +133,16 @@ class DatasetSource(Protocol):
         ...
 
 
-class MediaSource:
-    """Base for sources whose items are plain image and video files under the root."""
+class MediaSource(ABC):
+    """Base for sources whose items are plain image and video files under the root: a
+    subclass sets `name` and `splits` and lists its items; frames come from the shared readers."""
 
     name: str = ""
     splits: tuple[str, ...] = ()
 
+    @abstractmethod
     def items(self, root: Path, options: SourceOptions) -> list[SourceItem]:
-        raise NotImplementedError(f"{type(self).__name__} must list its dataset's items")
+        """All items under `root` in a deterministic order (see DatasetSource.items)."""
 
     def frames(self, root: Path, item: SourceItem, stride: int = 1, start: int = 0,
                stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
