@@ -191,6 +191,12 @@ def test_label_filter_selects_views(prepped: Path) -> None:
     assert keys == {"toy_train-a1"}
 
 
+def test_endless_stream_over_nothing_fails_instead_of_spinning(prepped: Path) -> None:
+    nothing = ShardSet("none", tuple(map(str, shard_paths(prepped))), labels={"variant": ("no-such-view",)})
+    with pytest.raises(RuntimeError, match="no samples"):
+        next(iter(MixedShardDataset([nothing], batch_size=2)))
+
+
 def test_smirk_mix_reports_missing_datasets(prepped: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="lrs3.*ffhq|lrs3"):
         smirk_mix(tmp_path)

@@ -680,7 +680,7 @@ def run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
 
     try:
         grouped = select_items(source.items(config.root, config.options), source.splits, config.options)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, InputError) as exc:
         raise PrepError(f"{dataset}: cannot list items under {config.root}: {exc}") from exc
     if not grouped:
         raise PrepError(f"{dataset}: no items found under {config.root} (splits: {config.options.splits or 'all'})")

@@ -268,7 +268,7 @@ def _stream(shard_set: ShardSet, index: int, count: int, rng: random.Random, shu
         order = list(shards)
         if shuffle:
             rng.shuffle(order)
-        position = 0
+        position = kept = 0
         for path in order:
             for raw in iter_raw(Path(path)):
                 position += 1
@@ -276,6 +276,7 @@ def _stream(shard_set: ShardSet, index: int, count: int, rng: random.Random, shu
                     continue
                 if shard_set.labels and not shard_set.keeps(json.loads(raw["json"])):
                     continue
+                kept += 1
                 if not shuffle:
                     yield decode_sample(raw)
                     continue
@@ -284,8 +285,9 @@ def _stream(shard_set: ShardSet, index: int, count: int, rng: random.Random, shu
                     yield decode_sample(pool.pop(rng.randrange(len(pool))))
         if not endless:
             break
-        if position == 0:
-            raise RuntimeError(f"shard set {shard_set.name!r} gave this reader no samples")
+        if kept == 0:  # an endless stream over nothing would spin forever
+            raise RuntimeError(f"shard set {shard_set.name!r} gives reader {index} of {count} no samples "
+                               f"(label filter {dict(shard_set.labels)}, {len(shards)} shards)")
     while pool:
         yield decode_sample(pool.pop(rng.randrange(len(pool))))
 
