@@ -263,6 +263,9 @@ def test_icp_iteration_limit_and_identity_init(scene: tuple) -> None:
     pts = _surface_samples(v, f, 500, rng)
     zero = icp(pts + 0.05, v, f, index=index, max_iterations=0)
     assert zero.iterations == 0 and not zero.converged and len(zero.history) == 1
+    # A plain (s, R, t) tuple, e.g. straight from umeyama on landmarks, is accepted.
+    shifted = icp(pts + 0.05, v, f, index=index, max_iterations=0, init=(1.0, np.eye(3), [-0.05] * 3))
+    assert shifted.history[0] < 1e-9 < zero.history[0]
     np.testing.assert_array_equal(zero.transform.rotation, np.eye(3))
     three = icp(pts + 0.05, v, f, index=index, max_iterations=3, tol=0.0)
     assert three.iterations == 3 and len(three.history) == 4 and not three.converged

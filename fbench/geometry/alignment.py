@@ -209,7 +209,7 @@ def icp(
     target_vertices: Any,
     target_faces: Any,
     *,
-    init: Similarity | None = None,
+    init: Similarity | tuple[float, Any, Any] | None = None,
     with_scale: bool = True,
     max_iterations: int = 100,
     tol: float = 1e-6,
@@ -271,7 +271,11 @@ def icp(
     floor = 1e-12 * max(diagonal, 1e-300)
     stop_below = floor if atol is None else float(atol)
 
-    transform = init if init is not None else Similarity.identity()
+    if init is None:
+        transform = Similarity.identity()
+    else:  # also accept a plain (s, R, t) tuple
+        s0, r0, t0 = init
+        transform = Similarity(float(s0), np.asarray(r0, dtype=np.float64), np.asarray(t0, dtype=np.float64))
     res = idx.query(transform.apply(src))
     sigma = _robust_scale(res.distances, robust, robust_scale, floor)
     w = _robust_weights(res.distances, robust, trim_fraction, sigma)
