@@ -104,7 +104,7 @@ def main() -> None:
 
     import mediapipe  # noqa: F401  (a one-off process cost, paid before any timing)
 
-    from fbench.shards.prep import available_cores
+    from fbench.shards.worker import available_cores
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="fbench-perf-prep-"))
     try:

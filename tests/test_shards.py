@@ -17,7 +17,8 @@ from fbench.shards import (InputError, SourceItem, SourceOptions, UnsafePathErro
                            resolve_in_root, safe_key, safe_relpath, select_items)
 from fbench.shards.keys import MAX_KEY_LEN
 from fbench.shards.manifest import ManifestError, merge_manifests
-from fbench.shards.prep import Segment, check_unique_keys, parse_part, plan_units, PrepError
+from fbench.shards.plan import PlanError, Segment, check_unique_keys, plan_units
+from fbench.shards.prep import parse_part
 from fbench.shards.reader import iter_raw
 from fbench.shards.schema import decode_sample, encode_sample
 from fbench.shards.writer import ShardFile, sha256_file
@@ -111,7 +112,7 @@ def test_select_items_filters_and_limits_per_split() -> None:
 def test_duplicate_keys_are_refused() -> None:
     items = {"train": [SourceItem(id="a/b", split="train", path="a/b.jpg"),
                        SourceItem(id="a.b", split="train", path="a.b.jpg")]}
-    with pytest.raises(PrepError, match="both give sample key 'ds_a-b'"):
+    with pytest.raises(PlanError, match="both give sample key 'ds_a-b'"):
         check_unique_keys("ds", items)
 
 

@@ -2,7 +2,8 @@
 
 - `source`: `DatasetSource` / `SourceItem` / `MediaSource`, what `pipelines/<dataset>.py` implements
 - `media`: image and video readers; `keys`: `safe_key`, `safe_relpath`
-- `prep`: `PrepConfig`, `run_prep` (sources -> landmarks -> crops -> shards, resumable, parts)
+- `prep`: `PrepConfig`, `run_prep` (sources -> landmarks -> crops -> shards, resumable, parts);
+  `plan`: items -> units (one unit = one shard); `worker`: a unit -> a shard; `writer`: tar files
 - `manifest`: manifest.json / rejects.jsonl, merging part manifests
 - `reader`: iterate shard samples; `training`: SMIRK-style training tensors and dataset mixing
 - `cli`: the `fbench shards` group and the reusable prep command options

@@ -40,30 +40,23 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
-import math
 import multiprocessing
-import os
 import platform
-import queue
-import threading
 import time
-from collections import deque
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-import numpy as np
-
-from fbench.landmarks.annotate import Annotator, LandmarkConfig
-from fbench.landmarks.crop import cut, frame_box, plan_crop, transform_points
+from fbench.landmarks.annotate import LandmarkConfig
 from fbench.shards.io import atomic_write_json, atomic_write_lines, dumps_json, read_json
-from fbench.shards.keys import check_dataset_name, resolve_in_root, safe_key
-from fbench.shards.media import InputError, probe_video_frames
-from fbench.shards.schema import SCHEMA_VERSION, encode_jpeg, encode_sample
+from fbench.shards.keys import check_dataset_name
+from fbench.shards.media import InputError
+from fbench.shards.plan import Plan, PlanError, Unit, check_unique_keys, count_video_frames, plan_units
+from fbench.shards.schema import SCHEMA_VERSION
 from fbench.shards.source import DatasetSource, SourceItem, SourceOptions, select_items
-from fbench.shards.writer import ShardFile
+from fbench.shards.worker import UnitWorker, init_worker, overlap_for, run_unit
 
 log = logging.getLogger(__name__)
 
@@ -124,159 +117,7 @@ def parse_part(text: str) -> tuple[int, int]:
     return i, n
 
 
-# ---------------------------------------------------------------------------------------- planning
-
-
-@dataclass(frozen=True)
-class Segment:
-    """An item of a unit; for a video, the frame range [start, stop) (stop None: to the end)."""
-
-    item: int  # index into the split's item list
-    start: int = 0
-    stop: int | None = None
-
-
-@dataclass(frozen=True)
-class Unit:
-    split: str
-    index: int  # shard number within the split
-    segments: tuple[Segment, ...]
-    expected: int  # planned samples (inputs)
-
-    def shard_name(self, dataset: str) -> str:
-        return f"{dataset}-{self.split}-{self.index:06d}.tar"
-
-    def shard_relpath(self, dataset: str) -> str:
-        return f"{self.split}/{self.shard_name(dataset)}"
-
-    def record_name(self) -> str:
-        return f"{self.split}-{self.index:06d}.json"
-
-
-@dataclass
-class Plan:
-    dataset: str
-    items: dict[str, list[SourceItem]]  # split -> items, in order
-    units: list[Unit]  # all units, splits in order
-
-    def fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for split, items in self.items.items():
-            for item in items:
-                digest.update(_item_digest(split, item))
-        for unit in self.units:
-            digest.update(repr((unit.split, unit.index, unit.segments)).encode())
-        return digest.hexdigest()
-
-
-def _item_digest(split: str, item: SourceItem) -> bytes:
-    h = hashlib.sha256(dumps_json([split, item.id, item.path, item.kind, item.subject, dict(item.labels),
-                                   item.annotation_format]).encode())
-    if item.annotations is not None:
-        h.update(np.ascontiguousarray(item.annotations).tobytes())
-    return h.digest()
-
-
-def plan_units(dataset: str, items: dict[str, list[SourceItem]], video_frames: dict[str, int],
-               stride: int, maxcount: int) -> Plan:
-    """Cut each split's items into units (see module doc). `video_frames`: relpath -> frame count."""
-    units: list[Unit] = []
-    for split, split_items in items.items():
-        index = 0
-        current: list[Segment] = []
-        filled = 0
-
-        def flush() -> None:
-            nonlocal index, current, filled
-            if current:
-                units.append(Unit(split, index, tuple(current), filled))
-                index += 1
-                current, filled = [], 0
-
-        for i, item in enumerate(split_items):
-            if item.kind == "image":
-                expected = 1
-            else:
-                expected = max(1, math.ceil(video_frames.get(item.path, 1) / stride))
-            if item.kind == "video" and expected > maxcount:
-                flush()
-                pieces = math.ceil(expected / maxcount)
-                span = maxcount * stride  # frames per piece, a multiple of the stride
-                for k in range(pieces):
-                    stop = (k + 1) * span if k < pieces - 1 else None
-                    n = maxcount if k < pieces - 1 else expected - maxcount * (pieces - 1)
-                    units.append(Unit(split, index, (Segment(i, k * span, stop),), n))
-                    index += 1
-                continue
-            if filled + expected > maxcount:
-                flush()
-            current.append(Segment(i))
-            filled += expected
-        flush()
-    return Plan(dataset, items, units)
-
-
-def count_video_frames(root: Path, items: Iterable[SourceItem], cache_path: Path | None,
-                       progress: bool = True) -> dict[str, int]:
-    """Frame counts of the videos that lack `num_frames`, from their headers; cached by (size, mtime).
-
-    An unreadable video counts as 1 (it will be one reject)."""
-    from tqdm import tqdm
-
-    counts: dict[str, int] = {}
-    todo = []
-    for item in items:
-        if item.kind != "video":
-            continue
-        if item.num_frames is not None:
-            counts[item.path] = int(item.num_frames)
-        else:
-            todo.append(item.path)
-    if not todo:
-        return counts
-    cache: dict[str, list[int]] = {}
-    if cache_path is not None and cache_path.exists():
-        try:
-            cache = read_json(cache_path)
-        except ValueError:
-            cache = {}
-    changed = False
-    for rel in tqdm(todo, desc="probe videos", unit="video", disable=not progress or len(todo) < 50):
-        path = resolve_in_root(root, rel)
-        try:
-            st = path.stat()
-            stamp = [st.st_size, st.st_mtime_ns]
-        except OSError:
-            counts[rel] = 1
-            continue
-        hit = cache.get(rel)
-        if hit is not None and hit[:2] == stamp:
-            counts[rel] = hit[2]
-            continue
-        try:
-            frames = probe_video_frames(path)
-        except InputError:
-            frames = 1
-        counts[rel] = frames
-        cache[rel] = [*stamp, frames]
-        changed = True
-    if changed and cache_path is not None:
-        atomic_write_json(cache_path, cache)
-    return counts
-
-
-def check_unique_keys(dataset: str, items: dict[str, list[SourceItem]]) -> None:
-    seen: dict[str, str] = {}
-    for split_items in items.values():
-        for item in split_items:
-            key = safe_key(dataset, item.id)
-            if key in seen:
-                raise PrepError(f"items {seen[key]!r} and {item.id!r} both give sample key {key!r}; "
-                                "the source must give unique ids (after sanitising to [A-Za-z0-9_-])")
-            seen[key] = item.id
-
-
-# ------------------------------------------------------------------------------------- the worker
+# ---------------------------------------------------------------------------------- landmark setup
 
 
 def resolve_landmarks(config: LandmarkConfig) -> tuple[LandmarkConfig, dict[str, str | None]]:
@@ -291,299 +132,6 @@ def resolve_landmarks(config: LandmarkConfig) -> tuple[LandmarkConfig, dict[str,
     fan_on = resolve_fan_mode(config.fan)
     resolved = replace(config, mediapipe_backend=backend, fan="required" if fan_on else "off")
     return resolved, {"mp": describe_backend(backend, task_path), "fan": FanDetector.describe() if fan_on else None}
-
-
-class _Background:
-    """Iterate `iterable` in a helper thread, at most `depth` items ahead, in order.
-
-    Used to read and decode the next frames while MediaPipe works on the current one (OpenCV,
-    PyAV and MediaPipe release the GIL in their heavy parts). Exceptions reach the consumer
-    at the point where they happened."""
-
-    def __init__(self, iterable: Iterable[Any], depth: int = 2) -> None:
-        self._queue: queue.Queue = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(iterable,), daemon=True, name="fbench-prefetch")
-        self._thread.start()
-
-    def _put(self, entry: tuple[str, Any]) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self, iterable: Iterable[Any]) -> None:
-        try:
-            for value in iterable:
-                if not self._put(("value", value)):
-                    return
-            self._put(("end", None))
-        except BaseException as exc:  # handed to the consumer thread
-            self._put(("error", exc))
-        finally:
-            close = getattr(iterable, "close", None)
-            if close is not None:
-                close()  # a stopped generator releases its open files (video containers) now
-
-    def __iter__(self):
-        try:
-            while True:
-                kind, value = self._queue.get()
-                if kind == "value":
-                    yield value
-                elif kind == "end":
-                    return
-                else:
-                    raise value
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Stop the helper thread (it finishes the item it is reading) and wait for it."""
-        self._stop.set()
-        self._thread.join()
-
-
-class _SampleWriter:
-    """Cuts the crops, encodes samples (JPEG, npy, JSON) and appends them to the shard, in
-    submission order; in a helper thread when overlapping, so this pixel work runs while
-    MediaPipe works on the next frame."""
-
-    MAX_PENDING = 4  # samples in flight: bounds memory, keeps the helper busy
-
-    def __init__(self, quality: int, threaded: bool) -> None:
-        self.quality = quality
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="fbench-writer") if threaded else None
-        self.pending: deque[Future] = deque()
-
-    def _write(self, shard: ShardFile, parts: tuple) -> None:
-        key, image, plan, mp, fan, ann, meta = parts
-        shard.write(encode_sample(key, encode_jpeg(cut(image, plan), self.quality), mp, fan, ann, meta))
-
-    def put(self, shard: ShardFile, parts: tuple) -> None:
-        if self.pool is None:
-            self._write(shard, parts)
-            return
-        self.pending.append(self.pool.submit(self._write, shard, parts))
-        while len(self.pending) > self.MAX_PENDING:
-            self.pending.popleft().result()
-
-    def drain(self) -> None:
-        """Wait for every submitted sample, then re-raise the first write error, if any."""
-        error = None
-        while self.pending:
-            try:
-                self.pending.popleft().result()
-            except BaseException as exc:
-                error = error or exc
-        if error is not None:
-            raise error
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-class UnitWorker:
-    """Turns units into shards. One per process; its landmark models are built once.
-
-    Per unit: the items' frames are read in order, each goes through the landmark models and
-    the crop, and the samples are encoded and appended to the unit's shard in the same order.
-    With `overlap` the reading runs one step ahead and the encoding one step behind, in
-    helper threads, so a worker uses more than one core when cores are idle; the shard bytes
-    are the same either way."""
-
-    def __init__(self, source: DatasetSource, config: PrepConfig, dataset_dir: Path,
-                 sources: dict[str, str | None], overlap: bool = False, annotator: Annotator | None = None) -> None:
-        self.source = source
-        self.config = config
-        self.dataset = source.name
-        self.dataset_dir = dataset_dir
-        self.sources = sources
-        self.overlap = overlap
-        self.annotator = annotator or Annotator(config.landmarks)
-        self.writer = _SampleWriter(config.jpeg_quality, threaded=overlap)
-
-    def _events(self, unit: Unit, items: list[SourceItem]) -> Iterator[tuple[int, str, Any]]:
-        """(segment number, "frame" | "error" | "end", payload) for the whole unit, in order."""
-        for s, (segment, item) in enumerate(zip(unit.segments, items)):
-            yielded = 0
-            try:
-                for frame_index, image in self.source.frames(self.config.root, item, self.config.frame_stride,
-                                                             segment.start, segment.stop):
-                    yielded += 1
-                    yield s, "frame", (frame_index, image)
-                    if item.kind == "image":
-                        break  # an image is one input, whatever the source yields
-            except Exception as exc:  # judged by the consumer: InputError -> reject, else unexpected
-                yield s, "error", exc
-            yield s, "end", yielded
-
-    def run(self, unit: Unit, items: list[SourceItem]) -> dict[str, Any]:
-        shard = ShardFile(self.dataset_dir / unit.shard_relpath(self.dataset))
-        record: dict[str, Any] = {"split": unit.split, "index": unit.index, "shard": None, "sha256": None,
-                                  "bytes": 0, "items": sum(seg.start == 0 for seg in unit.segments),  # once per video
-                                  "inputs": 0, "samples": 0, "mp": 0, "fan": 0, "ann": 0, "no_face": 0,
-                                  "unexpected_errors": 0, "rejects": []}
-        events = self._events(unit, items)
-        background = _Background(events) if self.overlap else None
-        try:
-            previous_box, failed = None, False
-            for s, kind, payload in (background if background is not None else events):
-                item, segment = items[s], unit.segments[s]
-                if kind == "frame":
-                    previous_box = self._frame(item, payload, previous_box, shard, record) or previous_box
-                elif kind == "error":
-                    failed = self._reader_error(item, segment, payload, record)
-                else:  # end of the item
-                    record["inputs"] += payload
-                    if item.kind == "image" and payload == 0 and not failed:
-                        self._reject(record, item, None, f"{item.path}: the source yielded no image")
-                        record["inputs"] += 1
-                    previous_box, failed = None, False
-            self.writer.drain()
-            if shard.count:
-                record["sha256"], record["bytes"] = shard.commit()
-                record["shard"] = unit.shard_relpath(self.dataset)
-            else:
-                shard.abort()
-        except BaseException:
-            if background is not None:
-                background.close()
-            try:
-                self.writer.drain()  # let in-flight writes finish before the file goes
-            except BaseException:
-                pass
-            shard.abort()
-            raise
-        if record["samples"] + len(record["rejects"]) != record["inputs"]:
-            raise AssertionError(f"unit {unit.record_name()}: samples + rejects != inputs ({record})")
-        return record
-
-    def _reject(self, record: dict[str, Any], item: SourceItem, frame: int | None, reason: str,
-                unexpected: bool = False) -> None:
-        record["rejects"].append({"split": item.split, "unit": record["index"], "file": item.path, "frame": frame,
-                                  "id": item.id, "reason": reason})
-        if unexpected:
-            record["unexpected_errors"] += 1
-            log.warning("unexpected error on %s (frame %s): %s", item.path, frame, reason)
-
-    def _reader_error(self, item: SourceItem, segment: Segment, exc: Exception, record: dict[str, Any]) -> bool:
-        """Record a failure to read an item; True when this segment reports it."""
-        if not isinstance(exc, InputError):
-            if segment.start != 0:
-                return False
-            self._reject(record, item, None, f"unexpected {type(exc).__name__}: {exc}", unexpected=True)
-            record["inputs"] += 1
-            return True
-        # Decoding restarts at frame 0 for every piece of a split video: only the piece whose
-        # range holds the failing frame (the first piece for open failures) reports it.
-        failed = exc.frame if exc.frame is not None else 0
-        if failed >= segment.start and (segment.stop is None or failed < segment.stop):
-            self._reject(record, item, exc.frame, str(exc))
-            record["inputs"] += 1
-            return True
-        return False
-
-    def _frame(self, item: SourceItem, payload: tuple[int, np.ndarray], previous_box,
-               shard: ShardFile, record: dict[str, Any]):
-        """Make and queue one sample (or a reject); returns the face box it used, if any."""
-        frame_index, image = payload
-        frame = int(frame_index) if item.kind == "video" else None
-        try:
-            parts, box, stats = self._sample(item, frame, image, previous_box)
-        except InputError as exc:
-            self._reject(record, item, frame, str(exc))
-        except Exception as exc:  # a detector or pipeline bug on one input must not end a long run
-            self._reject(record, item, frame, f"unexpected {type(exc).__name__}: {exc}", unexpected=True)
-        else:
-            self.writer.put(shard, parts)
-            record["samples"] += 1
-            for k, v in stats.items():
-                record[k] += v
-            return box
-        return None
-
-    def _sample(self, item: SourceItem, frame: int | None, image: np.ndarray,
-                previous_box) -> tuple[tuple, Any, dict[str, int]]:
-        """Landmarks and crop plan of one frame: the parts of a sample, the box when a face gave
-        one, and the sample's landmark counts."""
-        cfg = self.config.landmarks
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise InputError(f"{item.path}: expected an RGB uint8 image, got {image.dtype} {image.shape}", frame)
-        ann = item.annotations_for(frame)
-        if cfg.landmarks == "annotations" and ann is None and frame is None:
-            raise InputError(f"{item.path}: no annotation landmarks (prep with --landmarks annotations)")
-        lm = self.annotator(image, ann)
-        box, box_source = lm.box, lm.box_source
-        if box is None:
-            if frame is None:
-                found = "no annotation landmarks" if cfg.landmarks == "annotations" else \
-                    "no face found by MediaPipe" + (" or FAN" if self.annotator.fan else "") + " and no annotations"
-                raise InputError(f"{item.path}: {found}")
-            box, box_source = (previous_box, "previous") if previous_box is not None else \
-                (frame_box(*image.shape[:2]), "frame")
-        plan = plan_crop(box, cfg.size)
-        mp = transform_points(plan.affine, lm.mp)
-        fan = transform_points(plan.affine, lm.fan)
-        ann_crop = transform_points(plan.affine, ann) if ann is not None else None
-        stats = {"mp": int(lm.mp_found), "fan": int(lm.fan_found), "ann": int(ann is not None),
-                 "no_face": int(box_source in ("previous", "frame"))}
-        key = safe_key(self.dataset, item.id) if frame is None else f"{safe_key(self.dataset, item.id)}_f{frame:06d}"
-        meta = {
-            "schema": SCHEMA_VERSION, "dataset": self.dataset, "key": key, "id": item.id, "split": item.split,
-            "source_path": item.path, "kind": item.kind, "frame_index": frame, "subject": item.subject,
-            "labels": dict(item.labels), "source_size": [int(image.shape[1]), int(image.shape[0])],
-            "box": [round(float(v), 4) for v in box.xyxy()], "box_source": box_source,
-            "crop_region": list(plan.region), "crop_size": cfg.size, "crop_scale": cfg.crop_scale,
-            "affine": plan.affine.tolist(),
-            "landmarks": {"mp": lm.mp_found, "fan": lm.fan_found,
-                          "ann": item.annotation_format if ann is not None else None},
-            "landmark_sources": {**self.sources,
-                                 "ann": f"dataset annotations ({item.annotation_format})" if ann is not None else None},
-        }
-        parts = (key, image, plan, mp, fan, ann_crop, meta)
-        return parts, (None if stats["no_face"] else box), stats
-
-    def close(self) -> None:
-        self.writer.close()
-        self.annotator.close()
-
-
-_WORKER: UnitWorker | None = None
-
-
-def _overlap(config: PrepConfig) -> bool:
-    return config.overlap if config.overlap is not None else config.workers < available_cores()
-
-
-def _init_worker(source: DatasetSource, config: PrepConfig, dataset_dir: Path,
-                 sources: dict[str, str | None]) -> None:
-    global _WORKER
-    import cv2
-
-    # One process per core: library thread pools would only oversubscribe the cores.
-    cv2.setNumThreads(1)
-    if config.landmarks.fan != "off":
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.workers))
-    _WORKER = UnitWorker(source, config, dataset_dir, sources, overlap=_overlap(config))
-
-
-def _run_unit(unit: Unit, items: list[SourceItem]) -> dict[str, Any]:
-    assert _WORKER is not None, "worker not initialised"
-    return _WORKER.run(unit, items)
 
 
 # ------------------------------------------------------------------------------------- the runner
@@ -659,7 +207,7 @@ def _mp_context(method: str):
     ctx = multiprocessing.get_context(method)
     if method == "forkserver":
         # Import the heavy modules once in the fork server; each worker then starts in milliseconds.
-        ctx.set_forkserver_preload(["fbench.shards.prep", "cv2", "mediapipe"])
+        ctx.set_forkserver_preload(["fbench.shards.prep", "fbench.shards.worker", "cv2", "mediapipe"])
     return ctx
 
 
@@ -684,7 +232,10 @@ def run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
         raise PrepError(f"{dataset}: cannot list items under {config.root}: {exc}") from exc
     if not grouped:
         raise PrepError(f"{dataset}: no items found under {config.root} (splits: {config.options.splits or 'all'})")
-    check_unique_keys(dataset, grouped)
+    try:
+        check_unique_keys(dataset, grouped)
+    except PlanError as exc:
+        raise PrepError(str(exc)) from exc
     frames = count_video_frames(config.root, (i for items in grouped.values() for i in items),
                                 state_dir / "video-frames.json", config.progress)
     plan = plan_units(dataset, grouped, frames, config.frame_stride, config.maxcount)
@@ -744,7 +295,7 @@ def _run_in_process(source, config, dataset_dir, sources, plan, todo, finished, 
 
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)  # the same single-core work as one pool worker
-    worker = UnitWorker(source, config, dataset_dir, sources, overlap=_overlap(config))
+    worker = UnitWorker(source, config, dataset_dir, sources, overlap=overlap_for(config))
     try:
         for unit in todo:
             finished(unit, worker.run(unit, _unit_items(plan, unit)))
@@ -758,9 +309,9 @@ def _run_pool(source, config, dataset_dir, sources, plan, todo, finished, bar) -
     # Scripts calling run_prep with workers > 1 need the usual `if __name__ == "__main__":` guard.
     ctx = _mp_context(config.start_method)
     workers = min(config.workers, len(todo))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
                              initargs=(source, config, dataset_dir, sources)) as pool:
-        pending: dict[Future, Unit] = {pool.submit(_run_unit, u, _unit_items(plan, u)): u for u in todo}
+        pending: dict[Future, Unit] = {pool.submit(run_unit, u, _unit_items(plan, u)): u for u in todo}
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_EXCEPTION)
