@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -192,18 +193,20 @@ class Appearance:
 
 
 def syllable_jaw(rng: np.random.Generator, n_frames: int, fps: float,
-                 syllables: list[tuple[float, float]], amplitude: tuple[float, float] = (0.08, 0.22),
-                 rest: float = 0.02) -> np.ndarray:
+                 syllables: list[tuple[float, float]], amplitude: tuple[float, float] = (0.06, 0.16),
+                 rest: float = 0.02, min_duration: float = 0.2) -> np.ndarray:
     """(n_frames,) jaw opening in radians that opens once per syllable, as a speaker's jaw does.
 
     `syllables` are (start, end) times in seconds; each adds a raised-cosine bump (smooth, zero
-    slope at both ends) of a random height in `amplitude` on top of a slightly open `rest`.
+    slope at both ends) of a random height in `amplitude` on top of a slightly open `rest`,
+    peaking mid-syllable and lasting at least `min_duration` (about 5 syllables a second): the
+    jaw then moves at most pi * 0.16 / (0.2 s) = 2.5 rad/s, the order of speech jaw speeds.
     """
     t = (np.arange(n_frames) + 0.5) / fps  # frame centres
     jaw = np.full(n_frames, rest)
     for start, end in syllables:
-        width = max(end - start, 1.5 / fps)  # never narrower than the frame rate can show
-        u = np.clip((t - start) / width, 0.0, 1.0)
+        width = max(end - start, min_duration)
+        u = np.clip((t - (start + end - width) / 2) / width, 0.0, 1.0)
         jaw = np.maximum(jaw, rest + rng.uniform(*amplitude) * 0.5 * (1 - np.cos(2 * np.pi * u)))
     return jaw
 
@@ -363,5 +366,13 @@ def _shade(flame: FLAME, verts: Tensor, camera: Camera, appearance: Appearance,
     specular = 0.15 * (n * half).sum(-1, keepdim=True).clamp(min=0) ** 24
     shaded = colour * (appearance.ambient + (1 - appearance.ambient) * diffuse) + specular
     # Inside of the head seen through the open mouth: a dark oral cavity.
-    shaded = torch.where(facing < 0, torch.tensor([0.12, 0.03, 0.03]), shaded)
-    return shaded, fragments.mask[0]
+    cavity = torch.tensor([0.12, 0.03, 0.03])
+    shaded = torch.where(facing < 0, cavity, shaded)
+    covered = fragments.mask[0]
+    # A ray into the open mouth can leave through FLAME's open neck and show the background
+    # inside the face; such enclosed holes are what a closed mouth cavity would show.
+    holes = torch.as_tensor(ndimage.binary_fill_holes(covered.numpy())) & ~covered
+    if bool(holes.any()):
+        shaded = torch.where(holes[..., None], cavity, shaded)
+        covered = covered | holes
+    return shaded, covered
