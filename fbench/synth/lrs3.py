@@ -84,7 +84,7 @@ def _split_counts(n: int) -> dict[str, int]:
     if n < 1:
         raise ValueError(f"LRS3 needs at least one clip, got n={n}")
     small = 0 if n < 3 else max(1, round(n / 6))
-    return {"pretrain": small, "trainval": n - 2 * small, "test": small}
+    return dict(zip(SPLITS, (small, n - 2 * small, small)))
 
 
 def plan_clips(rng: np.random.Generator, n: int) -> list[Clip]:
@@ -121,7 +121,8 @@ def transcript(rng: np.random.Generator, duration: float) -> tuple[list[tuple[st
     while True:
         word = WORDS[int(rng.integers(len(WORDS)))]
         length = 0.09 * _syllables(word) + float(rng.uniform(0.04, 0.1))
-        start, end = round(t, 2), round(min(t + length, duration), 2)
+        # Two decimals as LRS3 writes them, never past the clip's end.
+        start, end = round(t, 2), min(round(t + length, 2), math.floor(duration * 100 + 1e-9) / 100)
         if end - start < 0.08:
             break
         words.append((word, start, end, round(float(rng.uniform(2.0, 12.0)), 1)))
