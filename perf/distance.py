@@ -16,6 +16,7 @@ Run: ``python perf/distance.py`` (trimesh's closest_point needs the ``rtree`` pa
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -48,12 +49,14 @@ def query_points(vertices: np.ndarray, faces: np.ndarray, n: int, noise: float, 
 
 
 def best_of(repeats: int, fn):  # type: ignore[no-untyped-def]
-    times, out = [], None
+    """Best wall time, best process CPU time (all threads), and the result."""
+    times, cpu, out = [], [], None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         times.append(time.perf_counter() - t0)
-    return min(times), out
+        cpu.append(time.process_time() - c0)
+    return min(times), min(cpu), out
 
 
 def main() -> int:
@@ -83,14 +86,15 @@ def main() -> int:
     point_mesh_distance(points[:10], vertices, faces)
     trimesh.proximity.closest_point(trimesh.Trimesh(vertices[:3], [[0, 1, 2]], process=False), points[:2])
 
-    t_fb, (d_fb, q_fb, f_fb) = best_of(args.repeats, lambda: point_mesh_distance(points, vertices, faces))
+    t_fb, c_fb, (d_fb, q_fb, f_fb) = best_of(args.repeats, lambda: point_mesh_distance(points, vertices, faces))
 
     def run_trimesh():  # type: ignore[no-untyped-def]
         mesh = trimesh.Trimesh(vertices, faces, process=False)  # fresh: R-tree build timed
         return trimesh.proximity.closest_point(mesh, points[:n_tm])
 
-    t_tm_sub, (q_tm, d_tm, f_tm) = best_of(args.trimesh_repeats, run_trimesh)
+    t_tm_sub, c_tm_sub, (q_tm, d_tm, f_tm) = best_of(args.trimesh_repeats, run_trimesh)
     t_tm = t_tm_sub * len(points) / n_tm
+    c_tm = c_tm_sub * len(points) / n_tm
 
     # Agreement on the points both computed. trimesh is float64 too, but breaks near-ties
     # with an absolute tolerance on *squared* distances (trimesh.tol.merge), so it may
@@ -111,8 +115,11 @@ def main() -> int:
     print(f"{'':28s}{'fbench':>12s}{'trimesh':>12s}")
     print(f"{'time for ' + str(len(points)) + ' points [s]':28s}{t_fb:12.4f}{t_tm:12.4f}{scaled}")
     print(f"{'per point [us]':28s}{1e6 * t_fb / len(points):12.3f}{1e6 * t_tm / len(points):12.3f}")
+    print(f"{'CPU time, all threads [s]':28s}{c_fb:12.4f}{c_tm:12.4f}   cpu ratio {c_fb / c_tm:.4f}")
     print(f"(best of {args.repeats} fbench runs, {args.trimesh_repeats} trimesh runs; "
-          "fbench includes the open3d scene build)")
+          "fbench includes the open3d scene build; wall times inflate when other processes "
+          "compete for the cores, CPU times much less; load average now "
+          f"{os.getloadavg()[0]:.2f})")
     if not agree:
         print("ERROR: results disagree", file=sys.stderr)
     print(f"ratio={t_fb / t_tm:.4f}")
