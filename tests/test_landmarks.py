@@ -143,6 +143,33 @@ def test_fan_auto_uses_weights_when_present(empty_hub: Path) -> None:
     assert resolve_fan_mode("auto") is True and resolve_fan_mode("required") is True
 
 
+def test_fan_construction_reads_only_local_files(empty_hub: Path, monkeypatch) -> None:
+    """With the weights in place, face-alignment gets the S3FD file explicitly and no compile step."""
+    import sys
+
+    empty_hub.mkdir(parents=True)
+    for name in (FAN_NET_FILE, S3FD_FILE):
+        (empty_hub / name).write_bytes(b"weights")
+    made = []
+
+    class FakeFA:
+        def __init__(self, landmarks_type, **kwargs):
+            made.append((landmarks_type, kwargs))
+
+        def get_landmarks_from_image(self, image, return_bboxes=False):
+            return [_face(20, 30, 50)], None, [(20, 30, 70, 80, 0.9)]
+
+    monkeypatch.setitem(sys.modules, "face_alignment",
+                        SimpleNamespace(FaceAlignment=FakeFA, LandmarksType=SimpleNamespace(TWO_D="2D")))
+    fake_mp = SimpleNamespace(detect=lambda im: np.full((478, 3), np.nan, np.float32), close=lambda: None)
+    annotator = Annotator(LandmarkConfig(fan="auto"), mediapipe=fake_mp)
+    assert made == [("2D", {"device": "cpu", "face_detector": "sfd", "compile": False,
+                            "face_detector_kwargs": {"path_to_detector": str(empty_hub / S3FD_FILE)}})]
+    result = annotator(np.zeros((120, 120, 3), np.uint8))
+    # MediaPipe found nothing: FAN's points define the crop box.
+    assert result.fan_found and not result.mp_found and result.box_source == "fan"
+
+
 def _face(x0: float, y0: float, size: float) -> np.ndarray:
     t = np.linspace(0, 1, 68)
     return np.stack([x0 + size * t, y0 + size * (t ** 2)], axis=1).astype(np.float32)
