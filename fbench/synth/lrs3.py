@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from fbench.flame import FLAME, FlameParams
 from fbench.synth import SynthResult
@@ -183,7 +184,7 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
     gt = GroundTruthWriter("lrs3", seed, attrs={})
     corrupted: list[str] = []
     frames_total = 0
-    for clip in clips:
+    for clip in tqdm(clips, desc="lrs3 clips", unit="clip", disable=None):  # on a terminal only
         clip_rng = np.random.default_rng(rng.integers(2**63))
         identity, appearance, albedo, background = speakers[clip.speaker]
         words, conf = transcript(clip_rng, clip.n_frames / FPS)

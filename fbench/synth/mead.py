@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from fbench.flame import FLAME, FlameParams
 from fbench.synth import SynthResult
@@ -172,7 +173,8 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
 
     gt = GroundTruthWriter("mead", seed, attrs={})
     frames_total = 0
-    for t, take in enumerate(takes):
+    # A progress bar on a terminal only (disable=None), the writer takes tens of seconds.
+    for t, take in enumerate(tqdm(takes, desc="mead takes", unit="take", disable=None)):
         take_rng = np.random.default_rng(rng.integers(2**63))
         identity, albedo, background, views = actors[take.actor]
         params = take_params(take_rng, take, identity, prototypes, n_exp)
