@@ -136,6 +136,9 @@ def main() -> None:
               f"(ratio {rate['w1-serial'] / rate['bare']:.3f})")
         print(f"pipeline, 2 workers (start-up in)  : {rate['w2']:7.1f} images/s "
               f"(speed-up {rate['w2'] / rate['w1-serial']:.3f} over the single-thread worker)")
+        efficiency = cpu["bare"] / cpu["w1-serial"]
+        print(f"CPU per image: bare {cpu['bare'] / args.n * 1e3:.2f} ms, pipeline {cpu['w1-serial'] / args.n * 1e3:.2f} ms "
+              f"(efficiency {efficiency:.3f}; with 2 idle cores, 2 workers can reach {2 * efficiency:.2f}x bare)")
         print(f"speedup_2_workers={rate['w2'] / rate['w1']:.3f}")
         print(f"ratio={rate['w1'] / rate['bare']:.3f}")
     finally:
