@@ -56,6 +56,24 @@ def test_mediapipe_finds_478_points_inside_the_astronauts_face(detector, photo) 
     assert min(points[33, 0], points[263, 0]) < points[1, 0] < max(points[33, 0], points[263, 0])
 
 
+def test_direct_graph_path_equals_facemesh_process(detector, photo) -> None:
+    """The detector skips FaceMesh.process's per-call namedtuple; its landmarks are FaceMesh's, bit for bit."""
+    import mediapipe as mp
+
+    assert detector._direct is not None  # the pinned mediapipe has the internals the fast path uses
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=1) as mesh:
+        for image in (photo, np.ascontiguousarray(photo[40:300, 100:400]), np.zeros((64, 64, 3), np.uint8)):
+            result = mesh.process(image)
+            ours = detector.detect(image)
+            if result.multi_face_landmarks is None:
+                assert np.isnan(ours).all()
+                continue
+            lm = result.multi_face_landmarks[0].landmark
+            h, w = image.shape[:2]
+            expected = np.array([[p.x * w, p.y * h, p.z * w] for p in lm], np.float32)
+            assert np.array_equal(ours, expected)
+
+
 def test_mediapipe_no_face_gives_nan(detector) -> None:
     points = detector.detect(np.zeros((240, 320, 3), np.uint8))
     assert points.shape == (478, 3) and np.isnan(points).all()

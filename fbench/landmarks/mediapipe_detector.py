@@ -117,6 +117,7 @@ class MediaPipeDetector:
         if self.backend == "facemesh":
             self._model = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True,
                                                           max_num_faces=1)
+            self._direct = self._direct_stream()
         else:
             from mediapipe.tasks import python as mp_python
             from mediapipe.tasks.python import vision
@@ -131,6 +132,36 @@ class MediaPipeDetector:
     def describe(self) -> str:
         return describe_backend(self.backend, self.task_path)
 
+    def _direct_stream(self) -> tuple[str, Any] | None:
+        """The graph's input stream, when this mediapipe's SolutionBase has the internals the direct
+        path relies on (0.10.21: the pinned version); else None and `process()` is used."""
+        m = self._model
+        needed = ("_graph", "_graph_outputs", "_simulated_timestamp", "_make_packet", "_input_stream_type_info",
+                  "_output_stream_type_info")
+        if not all(hasattr(m, a) for a in needed) or len(m._input_stream_type_info or {}) != 1 or \
+                "multi_face_landmarks" not in (m._output_stream_type_info or {}):
+            return None
+        return next(iter(m._input_stream_type_info.items()))
+
+    def _facemesh(self, image: np.ndarray):
+        """FaceMesh's landmark lists for one image. The direct path does what FaceMesh.process does
+        minus building a namedtuple class per call (~0.3 ms, 5% of the inference)."""
+        m = self._model
+        if self._direct is None:
+            return m.process(image).multi_face_landmarks
+        from mediapipe.python import packet_getter
+
+        stream, stream_type = self._direct
+        m._graph_outputs.clear()
+        m._simulated_timestamp += 33333  # as process(): 30 fps timestamps
+        m._graph.add_packet_to_input_stream(stream=stream,
+                                            packet=m._make_packet(stream_type, image).at(m._simulated_timestamp))
+        m._graph.wait_until_idle()
+        packet = m._graph_outputs.get("multi_face_landmarks")
+        if packet is None or packet.is_empty():
+            return None
+        return packet_getter.get_proto_list(packet)
+
     def detect(self, image: np.ndarray) -> np.ndarray:
         """(478, 3) float32 landmarks of the most prominent face in an RGB uint8 image, NaN if none."""
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -138,10 +169,10 @@ class MediaPipeDetector:
         height, width = image.shape[:2]
         image = np.ascontiguousarray(image)
         if self.backend == "facemesh":
-            result = self._model.process(image)
-            if not result.multi_face_landmarks:
+            faces = self._facemesh(image)
+            if not faces:
                 return nan_landmarks()
-            return to_pixels(normalized_list_to_array(result.multi_face_landmarks[0]), width, height)
+            return to_pixels(normalized_list_to_array(faces[0]), width, height)
         result = self._model.detect(self._mp_image(image_format=self._srgb, data=image))
         return tasks_result_to_array(result, width, height)
 
