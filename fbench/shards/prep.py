@@ -201,13 +201,18 @@ def _load_record(path: Path, identity: str, dataset_dir: Path) -> dict[str, Any]
     return record
 
 
-def _mp_context(method: str):
+def _mp_context(method: str, start: bool = False):
     if method == "auto":
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(method)
     if method == "forkserver":
         # Import the heavy modules once in the fork server; each worker then starts in milliseconds.
         ctx.set_forkserver_preload(["fbench.shards.prep", "fbench.shards.worker", "cv2", "mediapipe"])
+        if start:
+            # Launch it now: its imports (about a second) overlap the listing and planning.
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
     return ctx
 
 
@@ -222,6 +227,8 @@ def run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
     if not config.root.is_dir():
         raise PrepError(f"dataset root {config.root} is not a directory")
     landmarks, sources = resolve_landmarks(config.landmarks)
+    if config.workers > 1:
+        _mp_context(config.start_method, start=True)
     config = replace(config, landmarks=landmarks)
     dataset_dir = config.out / dataset
     state_dir = dataset_dir / STATE_DIR
