@@ -129,6 +129,42 @@ def test_black_frame_keeps_its_row_with_nan_landmarks(toy_root: Path, tmp_path: 
     assert [s["samples"] for s in m["shards"]] == [3, 3, 3, 3]
 
 
+class BreaksAtFrame7(ToySource):
+    """The clip decodes up to frame 6 and then fails, as a damaged stream would, whatever range is
+    asked for (each piece of a split video decodes from the start); a.jpg variant a2 hits a bug."""
+
+    def frames(self, root, item, stride=1, start=0, stop=None):
+        from fbench.shards import InputError
+
+        if item.id == "train/a2":
+            raise ZeroDivisionError("a bug in a pipeline")
+        if item.id != "val/clip":
+            yield from super().frames(root, item, stride, start, stop)
+            return
+        for index, image in super().frames(root, item, stride, 0, None):
+            if index == 7:
+                raise InputError(f"{item.path}: damaged at frame 7", frame=7)
+            if index >= start and (stop is None or index < stop):
+                yield index, image
+
+
+def test_a_video_failing_mid_way_keeps_its_frames_and_is_one_reject(toy_root: Path, tmp_path: Path) -> None:
+    result = run_prep(BreaksAtFrame7(), config(toy_root, tmp_path, frame_stride=1))
+    m = json.loads(result.manifest.read_text())
+    val, train = m["counts"]["val"], m["counts"]["train"]
+    # Frames 0-6 are samples (5 without a face is a sample too); the failure is one reject, reported once
+    # although the clip is cut into 4 pieces of 3 frames.
+    assert (val["samples"], val["rejects"], val["inputs"]) == (7, 3, 10)
+    assert (train["samples"], train["rejects"], train["unexpected_errors"]) == (3, 2, 1)
+    rejects = read_rejects(result.rejects)
+    clip = [r for r in rejects if r["file"] == "val/clip.mp4"]
+    assert len(clip) == 1 and clip[0]["frame"] == 7 and "damaged at frame 7" in clip[0]["reason"]
+    bug = [r for r in rejects if r["file"] == "train/a2.jpg"]
+    assert bug[0]["reason"] == "unexpected ZeroDivisionError: a bug in a pipeline"
+    frames = [s.meta["frame_index"] for s in iter_samples(shard_paths(result.dataset_dir, splits=["val"]))]
+    assert frames == list(range(7))
+
+
 def test_interrupted_run_resumes_to_the_same_manifest(toy_root: Path, tmp_path: Path, reference) -> None:
     cfg = config(toy_root, tmp_path)
     with pytest.raises(KeyboardInterrupt):
