@@ -273,7 +273,9 @@ if __name__ == "__main__":
                      landmarks=LandmarkConfig(fan="off", mediapipe_backend="facemesh", size=256),
                      maxcount=3, frame_stride=2, workers=2, progress=False)
     try:
-        run_prep(ToySource(interrupt_on="val/clip", kill=True, only_once_marker={str(tmp_path / 'crashed')!r}), cfg)
+        result = run_prep(ToySource(interrupt_on="val/clip", kill=True, only_once_marker={str(tmp_path / 'crashed')!r}),
+                          cfg)
+        print("SKIPPED", result.units_skipped)
     except PrepError as exc:
         print("PREP ERROR:", exc)
         sys.exit(3)
@@ -282,7 +284,11 @@ if __name__ == "__main__":
     first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 3, first.stderr[-2000:]
     assert "worker process died" in first.stdout
+    # Units finished before the crash were recorded as they finished (train shards come before the clip).
+    recorded = sorted(p.name for p in (tmp_path / "out" / "toy" / ".prep" / "units").glob("*.json"))
+    assert recorded and set(recorded) <= {"train-000000.json", "train-000001.json"}
     second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
+    assert f"SKIPPED {len(recorded)}" in second.stdout  # the rerun resumed: recorded units were not redone
     final = tmp_path / "out" / "toy" / "manifest.json"
     assert final.read_text() == reference.manifest.read_text()

@@ -43,7 +43,7 @@ import logging
 import multiprocessing
 import platform
 import time
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -318,25 +318,23 @@ def _run_pool(source, config, dataset_dir, sources, plan, todo, finished, bar) -
     workers = min(config.workers, len(todo))
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
                              initargs=(source, config, dataset_dir, sources)) as pool:
-        pending: dict[Future, Unit] = {pool.submit(run_unit, u, _unit_items(plan, u)): u for u in todo}
+        units: dict[Future, Unit] = {pool.submit(run_unit, u, _unit_items(plan, u)): u for u in todo}
         try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    unit = pending.pop(future)
-                    try:
-                        record = future.result()
-                    except BrokenProcessPool as exc:
-                        raise PrepError("a prep worker process died (killed, out of memory, or failed to start: see "
-                                        "the log above); finished shards are kept: rerun the same command to "
-                                        "resume") from exc
-                    except Exception as exc:
-                        raise PrepError(f"unit {unit.shard_relpath(plan.dataset)} failed: {type(exc).__name__}: "
-                                        f"{exc}; finished shards are kept: rerun the same command to resume") from exc
-                    finished(unit, record)
-                    bar.update(unit.expected)
+            # Record each unit as soon as it is done: that is what a rerun resumes from.
+            for future in as_completed(units):
+                unit = units[future]
+                try:
+                    record = future.result()
+                except BrokenProcessPool as exc:
+                    raise PrepError("a prep worker process died (killed, out of memory, or failed to start: see "
+                                    "the log above); finished shards are kept: rerun the same command to "
+                                    "resume") from exc
+                except Exception as exc:
+                    raise PrepError(f"unit {unit.shard_relpath(plan.dataset)} failed: {type(exc).__name__}: "
+                                    f"{exc}; finished shards are kept: rerun the same command to resume") from exc
+                finished(unit, record)
+                bar.update(unit.expected)
         except BaseException:
-            for future in pending:
+            for future in units:
                 future.cancel()
             raise
-
