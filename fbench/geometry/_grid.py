@@ -22,16 +22,18 @@ _MAX_DIM = 1024
 def _expand_boxes(lo: np.ndarray, hi: np.ndarray, dims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For integer boxes [lo, hi] (inclusive, (M, 3)): (box index, flat cell key) pairs."""
     n = hi - lo + 1
-    count = n[:, 0] * n[:, 1] * n[:, 2]
-    total = int(count.sum())
-    box = np.repeat(np.arange(lo.shape[0]), count)
-    off = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
-    ny, nz = n[box, 1], n[box, 2]
-    i = off // (ny * nz)
-    j = (off // nz) % ny
-    k = off % nz
-    cx, cy, cz = lo[box, 0] + i, lo[box, 1] + j, lo[box, 2] + k
-    return box, (cx * dims[1] + cy) * dims[2] + cz
+    box = np.arange(lo.shape[0])
+    key = np.zeros(lo.shape[0], dtype=np.int64)
+    # One axis at a time with repeat + offsets: no integer division (slow in numpy).
+    for ax in range(3):
+        cnt = n[box, ax]
+        if (cnt == 1).all():
+            key = key * dims[ax] + lo[box, ax]
+            continue
+        off = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        box = np.repeat(box, cnt)
+        key = np.repeat(key, cnt) * dims[ax] + lo[box, ax] + off
+    return box, key
 
 
 class FaceGrid:
