@@ -1,0 +1,218 @@
+"""Helpers shared by the prep pipelines (`pipelines/<dataset>.py`).
+
+- `PipelineSource`: a `MediaSource` whose items may stand for an unusable input found while
+  listing (a malformed CSV row, a path that climbs out of the root): such an item is made with
+  `bad_item` and its `frames` raises `InputError`, so the prep runner writes exactly one
+  rejects.jsonl line naming the file and the problem, and the run goes on.
+- `Choice` / `build_plugin`: the `fbench prep <dataset>` command with the standard prep options
+  plus dataset filters whose values are checked against the dataset's vocabulary, and, for
+  video datasets, `--annotations TABLE` (per-frame landmarks, see `read_landmark_table`).
+- `filter_values`: a source's view of `options.filters`, validated the same way for Python callers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import click
+import numpy as np
+
+from fbench.shards import InputError, MediaSource, SourceItem, SourceOptions, UnsafePathError, safe_relpath
+from fbench.shards.cli import PREP_EXAMPLE, PrepPlugin, config_from_options, prep_options, run_prep_command
+
+log = logging.getLogger(__name__)
+
+# Label of an item that stands for an input found unusable while listing (see `bad_item`).
+ERROR_LABEL = "fbench_input_error"
+ANNOTATIONS_FILTER = "annotations"  # options.filters key of the --annotations table (a 1-tuple of its path)
+
+
+class PipelineSource(MediaSource):
+    """A MediaSource whose `bad_item`s are rejected by the runner instead of read."""
+
+    def frames(self, root: Path, item: SourceItem, stride: int = 1, start: int = 0,
+               stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        error = item.labels.get(ERROR_LABEL)
+        if error is not None:
+            raise InputError(str(error))
+        yield from super().frames(root, item, stride, start, stop)
+
+
+def bad_item(id: str, split: str, listing_file: str, reason: str) -> SourceItem:
+    """An item that the prep runner turns into one reject with `reason`.
+
+    `listing_file` is the (safe, root-relative) file the problem was found in, e.g. the CSV
+    whose row is malformed: the reject line names it, never the unsafe path itself."""
+    return SourceItem(id=id, split=split, path=listing_file, kind="image", labels={ERROR_LABEL: reason})
+
+
+def is_bad(item: SourceItem) -> bool:
+    return ERROR_LABEL in item.labels
+
+
+def limit_per_split(items: Sequence[SourceItem], options: SourceOptions) -> list[SourceItem]:
+    """The first `options.limit` items of each wanted split, in order (what the runner keeps):
+    lets a source skip per-item work (reading transcripts, tables) for items it would drop."""
+    counts: dict[str, int] = {}
+    kept = []
+    for item in items:
+        if options.splits and item.split not in options.splits:
+            continue
+        n = counts.get(item.split, 0)
+        if options.limit is None or n < options.limit:
+            kept.append(item)
+            counts[item.split] = n + 1
+    return kept
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A dataset filter option (`--views front,left_30`): comma-separated values from `choices`."""
+
+    name: str
+    choices: tuple[str, ...]
+    help: str
+
+    def parse(self, values: Sequence[str]) -> tuple[str, ...]:
+        unknown = [v for v in values if v not in self.choices]
+        if unknown:
+            raise ValueError(f"unknown {self.name} {', '.join(map(repr, unknown))}; choose from {', '.join(self.choices)}")
+        return tuple(dict.fromkeys(values))
+
+
+def filter_values(options: SourceOptions, choice: Choice) -> frozenset[str] | None:
+    """The selected values of a filter (None: no selection), validated against its choices."""
+    values = options.filters.get(choice.name)
+    if not values:
+        return None
+    return frozenset(choice.parse(values))
+
+
+def _choice_callback(choice: Choice):
+    def callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        values = [v.strip() for v in value.split(",") if v.strip()]
+        try:
+            return choice.parse(values) or None
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+    return callback
+
+
+def build_plugin(source: MediaSource, summary: str, help: str, choices: Sequence[Choice] = (),
+                 annotation_table: bool = False, examples: Sequence[str] = ()) -> PrepPlugin:
+    """The registry entry of a prep pipeline: `fbench prep <name>` with the standard prep options,
+    the dataset's filter options and, with `annotation_table`, `--annotations TABLE`. `examples`:
+    dataset-specific command lines added to the standard examples of --help."""
+
+    def command(**kw: Any) -> None:
+        filters: dict[str, tuple[str, ...]] = {}
+        for choice in choices:
+            value = kw.pop(choice.name, None)
+            if value:
+                filters[choice.name] = value
+        table = kw.pop(ANNOTATIONS_FILTER, None)
+        if table is not None:
+            # Absolute, so the manifest records which table made the landmarks, and resumes compare it.
+            filters[ANNOTATIONS_FILTER] = (str(Path(table).resolve()),)
+        elif annotation_table and kw["landmarks"] == "annotations":
+            click.echo(f"note: {source.name} has no landmark annotations of its own; without --annotations every "
+                       "frame is kept with NaN landmarks, cropped to the centred frame square", err=True)
+        run_prep_command(source, config_from_options(filters=filters, **kw))
+
+    doc = help + "\n\n" + PREP_EXAMPLE.format(name=source.name) + "".join(f"\n  {line}" for line in examples)
+    f = prep_options(command)
+    if annotation_table:
+        f = click.option(f"--{ANNOTATIONS_FILTER}", ANNOTATIONS_FILTER, default=None,
+                         type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                         help="Per-frame 68-point landmarks (HDF5 table with columns path, frame, landmarks68 "
+                              "and optional face_visible; a synthetic dataset's fbench_ground_truth.h5 is one): "
+                              "they become the annotation landmarks of the videos' frames.")(f)
+    for choice in reversed(choices):
+        f = click.option(f"--{choice.name.replace('_', '-')}", choice.name, default=None,
+                         callback=_choice_callback(choice),
+                         help=f"{choice.help} Comma-separated, from: {', '.join(choice.choices)}.")(f)
+    return PrepPlugin(source.name, summary, click.command(source.name, help=doc)(f), source)
+
+
+# ------------------------------------------------------------------------ per-frame landmark tables
+
+
+def read_landmark_table(path: Path, wanted: set[str] | None = None) -> dict[str, np.ndarray]:
+    """Per-video (F, 68, 2) landmarks in source pixels from an HDF5 table; NaN rows for frames
+    the table does not list (or lists with face_visible False).
+
+    Columns (one row per frame): `path` (str, relative to the dataset root), `frame` (int),
+    `landmarks68` (68, 2) and optionally `face_visible` (bool). This is the layout of the
+    synthetic datasets' `fbench_ground_truth.h5` and a simple target for precomputed tracks.
+    Paths are normalised with `safe_relpath`; unsafe ones are skipped with a warning (they are
+    only looked up, never opened). `wanted`: keep only these paths (memory)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [c for c in ("path", "frame", "landmarks68") if c not in f]
+            if missing:
+                raise ValueError(f"{path}: landmark table lacks column(s) {missing} (needs path, frame, landmarks68)")
+            paths = [p.decode() if isinstance(p, bytes) else str(p) for p in f["path"][()]]
+            frames = np.asarray(f["frame"][()], dtype=np.int64)
+            points = np.asarray(f["landmarks68"][()], dtype=np.float32)
+            visible = np.asarray(f["face_visible"][()], dtype=bool) if "face_visible" in f else None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read landmark table ({exc})") from exc
+    n = len(paths)
+    if frames.shape != (n,) or points.shape[1:] != (68, 2) or len(points) != n or \
+            (visible is not None and visible.shape != (n,)):
+        raise ValueError(f"{path}: landmark table columns disagree: path {n}, frame {frames.shape}, "
+                         f"landmarks68 {points.shape}" + (f", face_visible {visible.shape}" if visible is not None else ""))
+    rows: dict[str, list[int]] = {}
+    unsafe = []
+    for i, p in enumerate(paths):
+        try:
+            rel = safe_relpath(p)
+        except UnsafePathError:
+            unsafe.append(p)
+            continue
+        if wanted is None or rel in wanted:
+            rows.setdefault(rel, []).append(i)
+    if unsafe:
+        log.warning("%s: skipped %d row(s) with unsafe paths, e.g. %r", path, len(unsafe), unsafe[0])
+    out = {}
+    for rel, idx in rows.items():
+        idx_arr = np.asarray(idx)
+        f_idx = frames[idx_arr]
+        if (f_idx < 0).any():
+            raise ValueError(f"{path}: negative frame index for {rel}")
+        tracks = np.full((int(f_idx.max()) + 1, 68, 2), np.nan, dtype=np.float32)
+        tracks[f_idx] = points[idx_arr]
+        if visible is not None:
+            tracks[f_idx[~visible[idx_arr]]] = np.nan
+        out[rel] = tracks
+    return out
+
+
+def video_annotations(options: SourceOptions, items: Sequence[SourceItem]) -> dict[str, np.ndarray]:
+    """The --annotations table's tracks of these video items ({} without a table); an error when
+    the table matches none of them (most likely a table of another dataset or root)."""
+    table = options.filters.get(ANNOTATIONS_FILTER)
+    if not table:
+        return {}
+    wanted = {i.path for i in items if not is_bad(i)}
+    tracks = read_landmark_table(Path(table[0]), wanted)
+    if wanted and not tracks:
+        raise ValueError(f"{table[0]}: no row of the landmark table names one of the {len(wanted)} videos "
+                         f"listed (e.g. {sorted(wanted)[0]!r}); is it the table of this dataset root?")
+    return tracks
+
+
+def with_annotations(item: SourceItem, tracks: Mapping[str, np.ndarray]) -> SourceItem:
+    """`item` carrying its video's track from `tracks` as ibug68 annotations (unchanged without one)."""
+    track = tracks.get(item.path)
+    if track is None:
+        return item
+    return SourceItem(id=item.id, split=item.split, path=item.path, kind=item.kind, subject=item.subject,
+                      labels=item.labels, annotations=track, annotation_format="ibug68", num_frames=item.num_frames)

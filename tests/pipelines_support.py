@@ -1,0 +1,54 @@
+"""Helpers for the prep-pipeline tests (test_pipelines_*.py): run `fbench prep` through the CLI,
+read the shards back, and compare their landmarks with a synthetic dataset's ground truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from click.testing import CliRunner
+
+from fbench.landmarks import invert_affine, transform_points
+from fbench.shards.manifest import read_rejects
+from fbench.shards.reader import iter_samples, shard_paths
+from fbench.shards.schema import ShardSample
+
+
+def prep_cli(dataset: str, root: Path, out: Path, *args: str, ok: bool = True) -> tuple[str, int]:
+    """`fbench prep <dataset> --root ROOT --out OUT --no-progress ARGS` via fbench.cli.main: (output, exit code)."""
+    from fbench.cli import main
+
+    result = CliRunner().invoke(main, ["prep", dataset, "--root", str(root), "--out", str(out), "--no-progress",
+                                       *args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result.output, result.exit_code
+
+
+def load_prepped(out: Path, dataset: str) -> tuple[dict, list[ShardSample], list[dict]]:
+    """(manifest, samples in shard order, rejects) of a prepped dataset."""
+    folder = out / dataset
+    manifest = json.loads((folder / "manifest.json").read_text())
+    samples = list(iter_samples(shard_paths(folder), decode_image=False))
+    return manifest, samples, read_rejects(folder / "rejects.jsonl")
+
+
+def source_landmarks(sample: ShardSample) -> np.ndarray:
+    """The sample's annotation landmarks mapped back to source pixels through its stored affine."""
+    assert sample.ann is not None, sample.key
+    return transform_points(invert_affine(sample.affine), sample.ann).astype(np.float64)
+
+
+def check_counts(manifest: dict, samples: Sequence[ShardSample], rejects: Sequence[dict]) -> None:
+    """samples + rejects = inputs, per split and in total, and the files agree with the manifest."""
+    for split, c in manifest["counts"].items():
+        assert c["samples"] + c["rejects"] == c["inputs"], (split, c)
+        assert c["samples"] == sum(s.meta["split"] == split for s in samples), split
+        assert c["rejects"] == sum(r["split"] == split for r in rejects), split
+    t = manifest["total"]
+    assert t["samples"] + t["rejects"] == t["inputs"] and t["unexpected_errors"] == 0
+    assert (t["samples"], t["rejects"]) == (len(samples), len(rejects))
+    keys = [s.key for s in samples]
+    assert len(set(keys)) == len(keys)
