@@ -8,15 +8,19 @@ Both sides run the same SMIRK shading, so the difference is the rasterizer.
 
 Timed: renderer forward (projection, rasterization, normals, shading) and backward of
 a weighted image sum to the vertices; the FLAME forward is excluded. Each side is
-warmed up, then the median over repeats is reported. The last line is
+warmed up, then the median over repeats is reported (the dense reference: one warm-up,
+at most two repeats, on min(batch, 2) items, since it takes seconds per image and its
+per-image cost does not depend on the batch). Both renderers' images are compared
+(they should agree exactly up to pixel centres on edges). The last line is
 `ratio=<fbench ms per image / reference ms per image>` (below 1: fbench is faster).
 
-    python perf/render.py [--batch 8] [--size 224] [--repeats 5] [--device cpu]
+    python perf/render.py [--batch 8] [--size 224] [--repeats 5] [--device cpu] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -49,11 +53,11 @@ def dense_rasterize(verts: Tensor, faces: Tensor, size: int, pixel_chunk: int = 
         winner = torch.full((b, size * size), -1, dtype=torch.int64, device=verts.device)
         for n in range(b):
             for start in range(0, size * size, pixel_chunk):
-                qx, qy = px[start:start + pixel_chunk, None, None], py[start:start + pixel_chunk, None, None]
-                w = qx * a[n] + qy * bb[n] + c[n]  # (P, F, 3)
-                inside = (w > 0).all(-1) & drawable[n]
-                depth = torch.where(inside, (w * z[n]).sum(-1), torch.full_like(w[..., 0], float("inf")))
-                zmin, idx = depth.min(-1)
+                qx, qy = px[start:start + pixel_chunk, None], py[start:start + pixel_chunk, None]
+                w = [qx * a[n, :, i] + qy * bb[n, :, i] + c[n, :, i] for i in range(3)]  # 3 x (P, F)
+                inside = (w[0] > 0) & (w[1] > 0) & (w[2] > 0) & drawable[n]
+                depth = w[0] * z[n, :, 0] + w[1] * z[n, :, 1] + w[2] * z[n, :, 2]
+                zmin, idx = depth.masked_fill_(~inside, float("inf")).min(-1)
                 winner[n, start:start + pixel_chunk] = torch.where(torch.isfinite(zmin), idx, -1)
     # Differentiable barycentrics, depth and distance for the winners.
     covered = torch.nonzero(winner.reshape(-1) >= 0).squeeze(1)
@@ -113,10 +117,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--ref-batch", type=int, default=None,
-                        help="batch for the dense reference (default: --batch); its cost is linear in the batch")
+                        help="batch for the dense reference (default: min(--batch, 2): it takes seconds per "
+                             "image and its cost per image does not depend on the batch)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--flame", default=None, help="FLAME directory (default: configured or synthetic)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's); 1 avoids OpenMP oversubscription on a shared machine")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     flame = load_flame(args.flame).to(args.device)
@@ -131,7 +140,8 @@ def main() -> None:
     renderer = smirk_renderer_for(flame, "face", image_size=args.size, backend="torch")
     weight = torch.rand(args.size, args.size, device=args.device)
     print(f"FLAME: {flame.flame_source.describe()}; {renderer.faces.shape[0]} face-region triangles")
-    print(f"device={args.device} batch={args.batch} size={args.size} threads={torch.get_num_threads()}")
+    print(f"device={args.device} batch={args.batch} size={args.size} threads={torch.get_num_threads()} "
+          f"cpus={os.cpu_count()} load average={os.getloadavg()[0]:.2f} (timings on a busy machine are inflated)")
 
     t_ours, img_ours = time_renderer(renderer, vertices, cam, weight, args.repeats, args.warmup)
     ms_ours = 1000 * t_ours / args.batch
@@ -144,7 +154,7 @@ def main() -> None:
     else:
         name = "dense all-pairs reference (pytorch3d not installed)"
         ref = DenseSmirkRenderer(renderer.faces, image_size=args.size).to(args.device)
-        ref_batch = args.ref_batch or args.batch
+        ref_batch = args.ref_batch or min(args.batch, 2)
         repeats, warmup = max(1, min(args.repeats, 2)), 1  # each run takes seconds
     t_ref, img_ref = time_renderer(ref, vertices[:ref_batch], cam[:ref_batch], weight, repeats, warmup)
     ms_ref = 1000 * t_ref / ref_batch
@@ -152,6 +162,7 @@ def main() -> None:
     diff = (img_ours[:ref_batch] - img_ref).abs()
     print(f"agreement: max |image diff| {diff.max().item():.2e}, "
           f"pixels differing by >1e-3: {(diff.amax(1) > 1e-3).float().mean().item() * 100:.3f}%")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
     print(f"reference={name}")
     print(f"ratio={ms_ours / ms_ref:.4f}")
 
