@@ -11,6 +11,7 @@ import numpy as np
 
 from fbench import __version__
 from fbench.registry import PluginError, registry
+from fbench.shards.cli import shards_group
 from fbench.synth import DATASETS as SYNTH_DATASETS
 
 log = logging.getLogger("fbench")
@@ -329,7 +330,15 @@ def demo(out: Path, flame: Path | None) -> None:
     np.savez(out / "params.npz", **{k: v.numpy() for k, v in params.as_dict().items()})
     for i, name in enumerate(poses):
         write_mesh(out / f"{name}.obj", Mesh(vertices=output.vertices[i].numpy(), faces=model.faces.numpy(), units="m"))
-    click.echo(f"[1/1] FLAME forward: {len(poses)} meshes ({model.num_vertices} vertices) -> {out}/*.obj")
+    click.echo(f"[1/2] FLAME forward: {len(poses)} meshes ({model.num_vertices} vertices) -> {out}/*.obj")
+
+    from fbench.render import render_flame, save_png, smirk_renderer_for
+
+    with torch.no_grad():
+        images = render_flame(model, params, smirk_renderer_for(model, "face"))["rendered_img"]
+    for name, image in zip(poses, images):
+        save_png(image, out / f"{name}.png")
+    click.echo(f"[2/2] SMIRK render: {len(poses)} images (224x224) -> {out}/*.png")
     click.echo(f"demo finished: outputs in {out} (synthetic FLAME: {model.flame_source.synthetic})")
 
 
@@ -345,6 +354,8 @@ main.add_command(PluginGroup("eval", registry_kind="benchmarks", attr="command",
                              help="Score a method on a benchmark.\n\n"
                                   "\b\nExample:\n  fbench eval multiface --method smirk"))
 
+
+main.add_command(shards_group)
 
 if __name__ == "__main__":
     main()

@@ -94,7 +94,7 @@ def load_flame(flame: str | Path | None = None, n_shape: int = 300, n_exp: int =
                dtype: torch.dtype = torch.float32) -> FLAME:
     """Resolve and load a FLAME model; logs which one was used."""
     source = resolve_flame_dir(flame)
-    log.info("using %s", source.describe())
+    log.debug("using %s", source.describe())
     model = FLAME(load_flame_assets(source.path), n_shape=n_shape, n_exp=n_exp, dtype=dtype)
     model.flame_source = source
     return model

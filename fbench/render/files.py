@@ -6,7 +6,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -47,13 +46,12 @@ def render_params_file(params_path: str | Path, out_png: str | Path, flame: nn.M
     Output: one item writes `out_png`; a batch of B writes `<stem>_000<suffix>` ...
     `<stem>_{B-1:03d}<suffix>` next to it. Returns the written paths in batch order.
     """
-    from fbench.flame import FlameParams, load_flame
+    from fbench.flame import load_flame
+    from fbench.flame.params import load_params_npz
 
     if flame is None:
         flame = load_flame(None)
-    with np.load(params_path, allow_pickle=False) as data:
-        values = {key: data[key] for key in data.files}
-    params = FlameParams.from_dict(values, n_shape=flame.n_shape, n_exp=flame.n_exp)
+    params = load_params_npz(params_path, n_shape=flame.n_shape, n_exp=flame.n_exp)
     renderer = smirk_renderer_for(flame, "face", image_size=size)
     with torch.no_grad():
         images = render_flame(flame, params, renderer)["rendered_img"]
