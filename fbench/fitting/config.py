@@ -1,0 +1,156 @@
+"""Dataclass configs for fitting: YAML files plus ``-o key=value`` overrides.
+
+A config is a (possibly nested) dataclass. ``load_config(Cls, path, ["a.b=3"])`` starts
+from the defaults, applies the YAML mapping at ``path`` (if any) and then the overrides,
+in that order. Values are parsed with YAML's scalar rules (``1e-4``, ``true``, ``[1, 2]``)
+and checked against the field's declared type, so a typo fails loudly instead of being
+ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the key (and file)."""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: {value!r} matches none of {annotation}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for {annotation.__name__}, got {value!r}")
+        return _from_mapping(annotation, value, prefix=f"{key}.")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _from_mapping(cls: type[T], mapping: dict[str, Any], prefix: str = "") -> T:
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(mapping) - names
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {sorted(prefix + k for k in unknown)}; "
+                          f"known: {sorted(prefix + n for n in names)}")
+    base = cls()
+    values = {}
+    for name, value in mapping.items():
+        current = getattr(base, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            values[name] = _from_mapping(type(current), {**dataclasses.asdict(current), **value}, f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, hints[name], prefix + name)
+    return dataclasses.replace(base, **values)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict (YAML-serialisable) of a config dataclass."""
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(config: T, overrides: list[str] | tuple[str, ...]) -> T:
+    """Apply ``key=value`` strings (dotted keys for nested configs) to a config copy."""
+    data = config_to_dict(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: unparsable value ({exc})") from exc
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a config section")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"override {item!r}: unknown key {key!r}; known: {sorted(node)}")
+        node[parts[-1]] = value
+    return _from_mapping(type(config), data)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Defaults of ``cls``, then the YAML file at ``path`` (optional), then ``overrides``."""
+    config = cls()
+    if path is not None:
+        path = Path(path)
+        try:
+            mapping = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"{path}: the config must be a YAML mapping")
+        try:
+            config = _from_mapping(cls, mapping)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    return apply_overrides(config, overrides)

@@ -1,0 +1,175 @@
+"""A lean FLAME forward for the fitting loops: one identity, vertices (and 68 landmarks) only.
+
+Fitting evaluates FLAME hundreds of times per frame with the identity fixed, so this
+module bakes the subject's shape into the template and joints once, and computes only
+what the objectives need. It uses the buffers of a loaded :class:`fbench.flame.FLAME`
+(blendshapes, pose correctives, joints, skinning weights, kinematic tree) and the same
+LBS equations; ``tests/test_fitting_core.py`` checks that its vertices equal
+``FLAME.forward`` to float64 precision. Two differences in arrangement make batched
+fitting several times faster on CPU:
+
+* vertices are planar (all x, then all y, then all z) and skinning applies the blended
+  3x4 transforms entry by entry (fused multiply-adds over contiguous (B, V) rows)
+  instead of a (B, V, 3, 3) product reduced over its last axis of size 3, which torch's
+  CPU kernels (and their backward) handle slowly;
+* no eyelids, camera or MediaPipe/contour landmarks are computed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fbench.flame import FLAME
+from fbench.flame.model import axis_angle_to_matrix, barycentric_points
+
+
+def _planar(dirs: Tensor, num_vertices: int) -> Tensor:
+    """(K, V*3) interleaved x,y,z per vertex -> (K, 3*V) planar: all x, then all y, then all z."""
+    k = dirs.shape[0]
+    return dirs.reshape(k, num_vertices, 3).transpose(1, 2).reshape(k, 3 * num_vertices).contiguous()
+
+
+class FittingFlame(nn.Module):
+    """Vertices of one subject (fixed ``shape``) from per-frame pose and expression, float64 by default.
+
+    Internally vertices are planar, (B, 3, V): every elementwise operation then runs on
+    contiguous (B, V) rows, and autograd needs no reductions over axes of size 3.
+    """
+
+    def __init__(self, flame: FLAME, shape: Tensor | None = None, n_exp: int | None = None,
+                 dtype: torch.dtype = torch.float64, free_shape: bool = False) -> None:
+        super().__init__()
+        n_shape = flame.n_shape
+        n_exp = flame.n_exp if n_exp is None else min(n_exp, flame.n_exp)
+        v = flame.num_vertices
+        self.n_exp = n_exp
+        self.num_vertices = v
+        self.num_joints = flame.num_joints
+        self.parents = list(flame.parents)
+        coeff = torch.zeros(n_shape, dtype=torch.float64, device=flame.v_template.device)
+        if shape is not None:
+            s = shape.reshape(-1).to(coeff)[:n_shape]
+            coeff[: s.numel()] = s
+        blend = flame.blend_dirs.to(torch.float64)
+        joints = flame.joint_dirs.to(torch.float64)
+        template = flame.v_template.to(torch.float64).reshape(1, -1) + coeff @ blend[:n_shape]
+        joint_template = flame.joint_template.to(torch.float64).reshape(-1) + coeff @ joints[:n_shape]
+        self.register_buffer("template", _planar(template, v)[0].to(dtype))  # (3V,) planar
+        self.register_buffer("joint_template", joint_template.to(dtype))  # (J*3,)
+        self.register_buffer("expr_dirs", _planar(blend[n_shape:n_shape + n_exp], v).to(dtype))  # (E, 3V)
+        self.register_buffer("expr_joint_dirs", joints[n_shape:n_shape + n_exp].to(dtype).contiguous())  # (E, J*3)
+        # With free_shape the identity stays a variable (joint fits): shape bases kept, added per call.
+        self.n_shape = n_shape if free_shape else 0
+        self.register_buffer("shape_dirs", _planar(blend[:self.n_shape], v).to(dtype))
+        self.register_buffer("shape_joint_dirs", joints[:self.n_shape].to(dtype).contiguous())
+        self.register_buffer("pose_dirs", _planar(flame.pose_dirs.to(torch.float64), v).to(dtype))
+        self.register_buffer("lbs_weights_t", flame.lbs_weights.to(dtype).T.contiguous())  # (J, V)
+        self.register_buffer("faces", flame.faces)
+        self.register_buffer("lmk_vertices", flame.full_lmk_vertices)
+        self.register_buffer("lmk_bary", flame.full_lmk_bary.to(dtype))
+
+    @property
+    def lbs_weights(self) -> Tensor:
+        return self.lbs_weights_t.T
+
+    @property
+    def root(self) -> Tensor:
+        """Rest position of the root joint (FLAME rotates the head about it)."""
+        return self.joint_template[:3]
+
+    def planar(self, global_pose: Tensor, translation: Tensor, neck: Tensor, jaw: Tensor, eyes: Tensor,
+               expression: Tensor, shape: Tensor | None = None) -> Tensor:
+        """(B, 3, V) vertices; arguments are FlameParams fields (B, width), expression up to n_exp wide.
+
+        ``shape`` (B or 1, n_shape) only for a model built with ``free_shape=True``; it is
+        added to the identity baked in at construction.
+        """
+        batch = expression.shape[0]
+        dtype = self.template.dtype
+        if expression.shape[1] < self.n_exp:
+            expression = torch.nn.functional.pad(expression, (0, self.n_exp - expression.shape[1]))
+        v_shaped = torch.addmm(self.template[None], expression, self.expr_dirs)  # (B, 3V)
+        joints = torch.addmm(self.joint_template[None], expression, self.expr_joint_dirs)
+        if shape is not None:
+            if self.n_shape == 0:
+                raise ValueError("this FittingFlame has a fixed identity (build it with free_shape=True)")
+            shape = shape[:, :self.n_shape].expand(batch, -1)
+            v_shaped = torch.addmm(v_shaped, shape, self.shape_dirs)
+            joints = torch.addmm(joints, shape, self.shape_joint_dirs)
+        joints = joints.reshape(batch, -1, 3)
+        pose = torch.cat([global_pose, neck, jaw, eyes], dim=1).reshape(batch, -1, 3)
+        rots = axis_angle_to_matrix(pose)
+        eye = torch.eye(3, dtype=dtype, device=rots.device)
+        v_posed = torch.addmm(v_shaped, (rots[:, 1:] - eye).reshape(batch, -1), self.pose_dirs)
+        x, y, z = v_posed.reshape(batch, 3, -1).unbind(1)
+
+        world_rot, world_t = [rots[:, 0]], [joints[:, 0]]
+        for i in range(1, self.num_joints):
+            parent = self.parents[i]
+            world_rot.append(world_rot[parent] @ rots[:, i])
+            offset = (joints[:, i] - joints[:, parent])[..., None]
+            world_t.append(world_t[parent] + (world_rot[parent] @ offset)[..., 0])
+        rot = torch.stack(world_rot, dim=1)  # (B, J, 3, 3)
+        posed = torch.stack(world_t, dim=1)  # (B, J, 3)
+        rel_t = posed - (rot @ joints[..., None])[..., 0] + translation[:, None]
+        # Per joint [R | t] flattened row-major (12), blended per vertex: (B, 12, V) contiguous rows.
+        rows = torch.cat([rot, rel_t[..., None]], dim=3).reshape(batch, -1, 12).transpose(1, 2)
+        blended = (rows.reshape(batch * 12, -1) @ self.lbs_weights_t).reshape(batch, 12, -1).unbind(1)
+        coords = []
+        for c in range(3):
+            r0, r1, r2, t = blended[4 * c:4 * c + 4]
+            coords.append(torch.addcmul(torch.addcmul(torch.addcmul(t, x, r0), y, r1), z, r2))
+        return torch.stack(coords, dim=1)
+
+    def linear_jacobian(self, x: Tensor, slices: dict[str, slice], which: str) -> Tensor:
+        """(3V planar, K) derivative of the vertices w.r.t. the shape or expression coefficients at pose ``x`` (1, P).
+
+        FLAME is linear in both for a fixed pose: a coefficient moves the rest vertices by its
+        basis and the rest joints by its joint basis; skinning then applies the blended
+        rotation to the first and the kinematic chain to the second. Exact (no finite
+        differences), and a few element-wise products instead of one forward pass per column.
+        """
+        if which == "shape":
+            basis, joint_basis = self.shape_dirs, self.shape_joint_dirs
+        elif which == "expression":
+            basis, joint_basis = self.expr_dirs, self.expr_joint_dirs
+        else:
+            raise ValueError(f"which must be 'shape' or 'expression', got {which!r}")
+        k = basis.shape[0]
+        if k == 0:
+            return basis.new_zeros(3 * self.num_vertices, 0)
+        pose = torch.cat([x[:, slices["global_pose"]], x[:, slices["neck"]], x[:, slices["jaw"]],
+                          x[:, slices["eyes"]]], dim=1).reshape(-1, 3)
+        rots = axis_angle_to_matrix(pose)  # (J, 3, 3)
+        world = [rots[0]]
+        for i in range(1, self.num_joints):
+            world.append(world[self.parents[i]] @ rots[i])
+        world_rot = torch.stack(world)  # (J, 3, 3)
+        blended = (self.lbs_weights_t.T @ world_rot.reshape(-1, 9)).reshape(-1, 3, 3)  # (V, 3, 3)
+        d_rest = basis.reshape(k, 3, -1)
+        out = torch.einsum("vcd,kdv->kcv", blended, d_rest)
+        d_joints = joint_basis.reshape(k, -1, 3)  # (K, J, 3)
+        d_posed = [d_joints[:, 0]]
+        for i in range(1, self.num_joints):
+            parent = self.parents[i]
+            d_posed.append(d_posed[parent] + (d_joints[:, i] - d_joints[:, parent]) @ world[parent].T)
+        d_t = torch.stack(d_posed, dim=1) - torch.einsum("jcd,kjd->kjc", world_rot, d_joints)  # (K, J, 3)
+        out = out + torch.einsum("jv,kjc->kcv", self.lbs_weights_t, d_t)
+        return out.reshape(k, -1).T
+
+    def forward(self, global_pose: Tensor, translation: Tensor, neck: Tensor, jaw: Tensor, eyes: Tensor,
+                expression: Tensor, shape: Tensor | None = None) -> Tensor:
+        """(B, V, 3) vertices (see :meth:`planar`)."""
+        return self.planar(global_pose, translation, neck, jaw, eyes, expression, shape).transpose(1, 2)
+
+    def from_vector(self, x: Tensor, slices: dict[str, slice], shape: Tensor | None = None,
+                    planar: bool = False) -> Tensor:
+        """Vertices from packed per-frame variables ``x`` (B, P) laid out by ``slices`` (see Layout)."""
+        fn = self.planar if planar else self.forward
+        return fn(x[:, slices["global_pose"]], x[:, slices["translation"]], x[:, slices["neck"]],
+                  x[:, slices["jaw"]], x[:, slices["eyes"]], x[:, slices["expression"]], shape)
+
+    def landmarks(self, vertices: Tensor) -> Tensor:
+        """(B, 68, 3) fixed 3D landmarks (FLAME's full landmark embedding) on (B, V, 3) ``vertices``."""
+        return barycentric_points(vertices, self.lmk_vertices, self.lmk_bary)
