@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import click
 import numpy as np
 
-from fbench.shards import InputError, MediaSource, SourceItem, SourceOptions, UnsafePathError, safe_relpath
+from fbench.shards import InputError, MediaSource, SourceItem, SourceOptions, UnsafePathError, safe_key, safe_relpath
 from fbench.shards.cli import PREP_EXAMPLE, PrepPlugin, config_from_options, prep_options, run_prep_command
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,24 @@ def is_bad(item: SourceItem) -> bool:
     return ERROR_LABEL in item.labels
 
 
+def unique_keys(dataset: str, items: Sequence[SourceItem], listing_file: str) -> list[SourceItem]:
+    """Items whose sample key repeats an earlier item's (a duplicated annotation row, or ids that
+    sanitise alike) become rejects: the runner refuses a plan with a duplicate key outright."""
+    seen: dict[str, str] = {}
+    out = []
+    for item in items:
+        key = safe_key(dataset, item.id)
+        if key in seen:
+            first = seen[key]
+            item = bad_item(f"duplicate-{len(out)}-{item.id}", item.split, listing_file,
+                            f"{listing_file}: {item.id!r} gives the same sample key {key!r} as {first!r} "
+                            "(duplicated row?); kept the first")
+            key = safe_key(dataset, item.id)
+        seen[key] = item.id
+        out.append(item)
+    return out
+
+
 def limit_per_split(items: Sequence[SourceItem], options: SourceOptions) -> list[SourceItem]:
     """The first `options.limit` items of each wanted split, in order (what the runner keeps):
     lets a source skip per-item work (reading transcripts, tables) for items it would drop."""
@@ -75,12 +93,16 @@ class Choice:
     name: str
     choices: tuple[str, ...]
     help: str
+    single: bool = False  # one value only (e.g. which image variant of a dataset)
 
     def parse(self, values: Sequence[str]) -> tuple[str, ...]:
         unknown = [v for v in values if v not in self.choices]
         if unknown:
             raise ValueError(f"unknown {self.name} {', '.join(map(repr, unknown))}; choose from {', '.join(self.choices)}")
-        return tuple(dict.fromkeys(values))
+        values = tuple(dict.fromkeys(values))
+        if self.single and len(values) > 1:
+            raise ValueError(f"--{self.name.replace('_', '-')} takes one value, got {', '.join(values)}")
+        return values
 
 
 def filter_values(options: SourceOptions, choice: Choice) -> frozenset[str] | None:
@@ -135,7 +157,8 @@ def build_plugin(source: MediaSource, summary: str, help: str, choices: Sequence
     for choice in reversed(choices):
         f = click.option(f"--{choice.name.replace('_', '-')}", choice.name, default=None,
                          callback=_choice_callback(choice),
-                         help=f"{choice.help} Comma-separated, from: {', '.join(choice.choices)}.")(f)
+                         help=f"{choice.help} " + (f"One of: {', '.join(choice.choices)}." if choice.single else
+                                                   f"Comma-separated, from: {', '.join(choice.choices)}."))(f)
     return PrepPlugin(source.name, summary, click.command(source.name, help=doc)(f), source)
 
 
@@ -216,3 +239,20 @@ def with_annotations(item: SourceItem, tracks: Mapping[str, np.ndarray]) -> Sour
         return item
     return SourceItem(id=item.id, split=item.split, path=item.path, kind=item.kind, subject=item.subject,
                       labels=item.labels, annotations=track, annotation_format="ibug68", num_frames=item.num_frames)
+
+
+# ------------------------------------------------------------------------------ annotation parsing
+
+
+def points_array(value: Any, n: int, what: str) -> np.ndarray:
+    """(n, 2) finite float32 points from nested lists (JSON) or a flat sequence of 2n numbers (CSV/text);
+    ValueError saying what is wrong."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} are not numbers") from None
+    if array.size != 2 * n or array.ndim not in (1, 2) or (array.ndim == 2 and array.shape != (n, 2)):
+        raise ValueError(f"{what}: expected {n} (x, y) points, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} are not all finite")
+    return array.reshape(n, 2).astype(np.float32)

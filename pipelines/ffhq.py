@@ -1,0 +1,164 @@
+"""FFHQ prep pipeline: Flickr-Faces-HQ aligned portraits -> face crops with their 68 landmarks.
+
+Layout (data_cards/ffhq.yaml)::
+
+    <root>/ffhq-dataset-v2.json                               metadata, splits, landmarks
+    <root>/images1024x1024/<index // 1000 * 1000:05d>/<index:05d>.png
+    <root>/thumbnails128x128/...   <root>/in-the-wild-images/...   (same naming)
+
+With the JSON: one item per entry (keys "0".."69999", in index order) whose image file is
+present, split from its `category` (training -> train, validation -> val), annotations the
+entry's 68 `face_landmarks` of the chosen variant (`--images`): `image` for the aligned
+1024 px images (default), the same scaled by the thumbnail's size for the 128 px thumbnails
+(the thumbnails are the aligned images resized, FFHQ gives them no landmarks of their own),
+`in_the_wild` for the wild photos. An entry whose file path is unsafe, whose category is
+unknown or whose landmarks are malformed is one reject naming the JSON entry. Entries whose
+file is absent (a partial copy) are skipped with a warning; a flat copy
+(`images1024x1024/<index:05d>.png`, as some mirrors ship it) is found too.
+
+Without the JSON: every image under the variant's folder, split by index (0-59999 train,
+60000-69999 val, FFHQ's own rule), no annotations (prep with --landmarks detect).
+
+Labels: index, category (FFHQ's word; derived from the index without the JSON) and, with the
+JSON, the photo's licence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fbench.shards import SourceItem, SourceOptions, UnsafePathError, safe_relpath, walk_files
+from fbench.shards.media import IMAGE_SUFFIXES
+from pipelines.common import (Choice, PipelineSource, bad_item, build_plugin, filter_values, limit_per_split,
+                              points_array, unique_keys)
+
+log = logging.getLogger(__name__)
+
+JSON_NAME = "ffhq-dataset-v2.json"
+TRAINING_COUNT = 60000  # FFHQ: indices 0-59999 training, 60000-69999 validation
+VARIANTS = {"aligned": ("image", "images1024x1024"), "thumbnails": ("thumbnail", "thumbnails128x128"),
+            "wild": ("in_the_wild", "in-the-wild-images")}  # --images -> (JSON section, folder)
+CATEGORY_SPLIT = {"training": "train", "validation": "val"}
+FILTERS = (Choice("images", tuple(VARIANTS), "Which FFHQ images to prep (default aligned: images1024x1024).",
+                  single=True),)
+INDEX = re.compile(r"^([0-9]+)$")
+
+
+def index_category(index: int) -> str:
+    return "training" if index < TRAINING_COUNT else "validation"
+
+
+class FFHQSource(PipelineSource):
+    name = "ffhq"
+    splits = ("train", "val")
+
+    def items(self, root: Path, options: SourceOptions) -> list[SourceItem]:
+        root = Path(root)
+        variant = next(iter(filter_values(options, FILTERS[0]) or {"aligned"}))
+        if (root / JSON_NAME).is_file():
+            items = self._from_json(root, variant)
+        else:
+            items = self._from_folder(root, variant)
+        return limit_per_split(unique_keys(self.name, items, JSON_NAME), options)
+
+    def _from_json(self, root: Path, variant: str) -> list[SourceItem]:
+        section, folder = VARIANTS[variant]
+        try:
+            entries = json.loads((root / JSON_NAME).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{root / JSON_NAME}: not valid JSON ({exc})") from exc
+        if not isinstance(entries, dict):
+            raise ValueError(f"{root / JSON_NAME}: expected an object keyed by image index, got {type(entries).__name__}")
+        numbered, absent, items = [], [], []
+        for key, entry in entries.items():
+            m = INDEX.match(str(key))
+            if m:
+                numbered.append((int(m[1]), key, entry))
+            else:
+                items.append(bad_item(f"json-{key}", "train", JSON_NAME, f"{JSON_NAME}: entry {key!r} is not an image index"))
+        for index, key, entry in sorted(numbered, key=lambda e: e[0]):
+            split = CATEGORY_SPLIT.get(index_category(index))  # where a rejected entry is counted
+            try:
+                item = self._entry_item(root, index, entry, section, folder)
+            except (ValueError, UnsafePathError, TypeError, KeyError) as exc:
+                items.append(bad_item(f"json-{index:05d}", split, JSON_NAME,
+                                      f"{JSON_NAME}: entry {key!r} ({variant}): {exc}"))
+                continue
+            if item is None:
+                absent.append(index)
+            else:
+                items.append(item)
+        if absent:
+            log.warning("%s: %d of %d JSON entries have no %s file under the root (a partial copy?); skipped, "
+                        "e.g. index %d", root, len(absent), len(numbered), folder, absent[0])
+        return items
+
+    def _entry_item(self, root: Path, index: int, entry: Any, section: str, folder: str) -> SourceItem | None:
+        if not isinstance(entry, dict) or not isinstance(entry.get(section), dict):
+            raise ValueError(f"no {section!r} section")
+        category = entry.get("category")
+        if category not in CATEGORY_SPLIT:
+            raise ValueError(f"category {category!r} is not one of {sorted(CATEGORY_SPLIT)}")
+        info = entry[section]
+        file_path = info.get("file_path")
+        if not isinstance(file_path, str):
+            raise ValueError(f"{section}.file_path is missing")
+        path = safe_relpath(file_path)  # raises for absolute paths and '..'
+        if not (root / path).is_file():
+            flat = f"{folder}/{index:05d}{Path(path).suffix or '.png'}"
+            if not (root / flat).is_file():
+                return None
+            path = flat
+        if section == "thumbnail":  # the aligned image's landmarks, scaled to the thumbnail
+            points = points_array(entry.get("image", {}).get("face_landmarks"), 68, "image.face_landmarks")
+            big, small = (np.asarray(entry[k]["pixel_size"], dtype=np.float64) for k in ("image", "thumbnail"))
+            if big.shape != (2,) or small.shape != (2,) or not (big > 0).all() or not (small > 0).all():
+                raise ValueError("image/thumbnail pixel_size must be two positive numbers")
+            points = points * (small / big).astype(np.float32)  # pixel-edge coordinates scale with the image
+        else:
+            points = points_array(info.get("face_landmarks"), 68, f"{section}.face_landmarks")
+        labels: dict[str, Any] = {"index": index, "category": category}
+        license_name = (entry.get("metadata") or {}).get("license")
+        if isinstance(license_name, str):
+            labels["license"] = license_name
+        return SourceItem(id=f"{index:05d}", split=CATEGORY_SPLIT[category], path=path, labels=labels,
+                          annotations=points, annotation_format="ibug68")
+
+    def _from_folder(self, root: Path, variant: str) -> list[SourceItem]:
+        folder = VARIANTS[variant][1]
+        if not (root / folder).is_dir():
+            raise ValueError(f"{root}: neither {JSON_NAME} nor a {folder}/ folder; --root must be the FFHQ root")
+        log.warning("%s: no %s; splits from the image index (0-%d train), no landmark annotations", root, JSON_NAME,
+                    TRAINING_COUNT - 1)
+        items, odd = [], []
+        for rel in walk_files(root, IMAGE_SUFFIXES, under=folder):
+            m = INDEX.match(Path(rel).stem)
+            if not m:
+                odd.append(rel)
+                continue
+            index = int(m[1])
+            category = index_category(index)
+            items.append(SourceItem(id=f"{index:05d}", split=CATEGORY_SPLIT[category], path=rel,
+                                    labels={"index": index, "category": category}))
+        if odd:
+            log.warning("%s: skipped %d image(s) whose name is not an FFHQ index, e.g. %s", root, len(odd), odd[0])
+        return sorted(items, key=lambda i: (i.labels["index"], i.path))
+
+
+HELP = """Prep FFHQ (70k aligned Flickr portraits) into face crops with FFHQ's 68 landmarks.
+
+Splits from ffhq-dataset-v2.json's category (training -> train, validation -> val); without
+the JSON, by index (0-59999 train). Annotations: the JSON's 68 face_landmarks. Labels: index,
+category, licence."""
+
+EXAMPLES = ("fbench prep ffhq --root /data/FFHQ --out shards/ --images thumbnails --limit 1000",
+            "fbench prep ffhq --root synth/FFHQ --out shards/ --landmarks annotations   # synthetic data")
+
+PIPELINE = build_plugin(FFHQSource(), "FFHQ aligned portraits with 68 landmarks -> face crops (train/val)",
+                        HELP, choices=FILTERS, examples=EXAMPLES)
