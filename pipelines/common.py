@@ -8,6 +8,9 @@
   plus dataset filters whose values are checked against the dataset's vocabulary, and, for
   video datasets, `--annotations TABLE` (per-frame landmarks, see `read_landmark_table`).
 - `filter_values`: a source's view of `options.filters`, validated the same way for Python callers.
+- `unique_keys`: a later item whose sample key repeats an earlier one's (a duplicated row) becomes
+  a reject instead of stopping the run; `limit_per_split`: what the runner keeps of --limit/--splits,
+  so a source can skip per-item work; `points_array`: landmark parsing with a clear error.
 """
 
 from __future__ import annotations

@@ -52,3 +52,13 @@ def check_counts(manifest: dict, samples: Sequence[ShardSample], rejects: Sequen
     assert (t["samples"], t["rejects"]) == (len(samples), len(rejects))
     keys = [s.key for s in samples]
     assert len(set(keys)) == len(keys)
+
+
+def mediapipe_error(sample: ShardSample, landmarks_mp: np.ndarray, landmarks68: np.ndarray) -> float:
+    """Median distance between the sample's MediaPipe points (SMIRK's 105, mapped back to source
+    pixels) and the ground truth's, as a fraction of the face's size (mean extent of its 68 points)."""
+    from fbench.landmarks.indices import SMIRK_MEDIAPIPE_INDICES
+
+    back = transform_points(invert_affine(sample.affine), sample.mp)[list(SMIRK_MEDIAPIPE_INDICES), :2]
+    size = float(np.ptp(landmarks68, axis=0).mean())
+    return float(np.median(np.linalg.norm(back - landmarks_mp, axis=1)) / size)

@@ -23,7 +23,7 @@ from fbench.shards import SourceOptions
 from fbench.synth import write_synthetic_dataset
 from fbench.synth.ground_truth import read_ground_truth
 from pipelines import celeba, ffhq
-from pipelines_support import check_counts, load_prepped, prep_cli, source_landmarks
+from pipelines_support import check_counts, load_prepped, mediapipe_error, prep_cli, source_landmarks
 
 FLOAT_TOL_PX = 1e-3
 
@@ -243,6 +243,29 @@ def test_affectnet_prep_matches_ground_truth(affectnet_root, tmp_path) -> None:
             assert "cannot decode image" in by_file[path]["reason"]
         else:  # the malformed row: one reject naming the CSV and its line
             assert f"{c['file']} line {c['line']}: 6 fields, expected 9" in by_file[c["file"]]["reason"]
+
+
+def test_affectnet_mediapipe_on_synthetic_images(affectnet_root, tmp_path) -> None:
+    """Bonus, with the real detector: MediaPipe finds every synthetic face near the ground truth, and
+    nothing in the No-Face image (head turned away), which keeps its annotation box and its flag."""
+    prep_cli("affectnet", affectnet_root, tmp_path, "--fan", "off", "--mediapipe-backend", "facemesh",
+             "--size", "128")
+    manifest, samples, rejects = load_prepped(tmp_path, "affectnet")
+    check_counts(manifest, samples, rejects)
+    gt = read_ground_truth(affectnet_root)
+    rows = gt_by_path(gt)
+    errors = []
+    for s in samples:
+        row = rows[s.meta["source_path"]]
+        if s.meta["labels"]["expression"] == 10:  # No-Face
+            assert not s.meta["landmarks"]["mp"] and s.meta["box_source"] == "annotations"
+            assert not s.meta["labels"]["expression_valid"]
+            continue
+        assert s.meta["landmarks"]["mp"] and s.meta["box_source"] == "mediapipe", s.key
+        errors.append(mediapipe_error(s, gt.extras["landmarks_mp"][row], gt.extras["landmarks68"][row]))
+        assert np.abs(source_landmarks(s) - gt.extras["landmarks68"][row]).max() < AFFECTNET_TOL_PX
+    assert errors and max(errors) < 0.08, errors  # fraction of the face size
+    print(f"AffectNet MediaPipe: {len(errors)} faces, median error <= {max(errors):.3f} x face size")
 
 
 def test_affectnet_malicious_and_malformed_rows_are_rejects(affectnet_root, tmp_path) -> None:

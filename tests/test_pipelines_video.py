@@ -24,7 +24,7 @@ from fbench.shards import SourceOptions
 from fbench.synth import write_synthetic_dataset
 from fbench.synth.ground_truth import read_ground_truth
 from pipelines import lrs3, mead
-from pipelines_support import check_counts, load_prepped, prep_cli, source_landmarks
+from pipelines_support import check_counts, load_prepped, mediapipe_error, prep_cli, source_landmarks
 
 TOL_PX = 2e-3
 LRS3_N, LRS3_SEED, LRS3_CORRUPT = 4, 3, 3  # 4 clips in all three folders; empty, truncated, malformed .txt
@@ -194,6 +194,31 @@ def test_lrs3_stride_limit_and_crop_pixels(lrs3_root, tmp_path) -> None:
         frame = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)][6]
     expected = cv2.warpAffine(frame, s.affine, (96, 96), flags=cv2.INTER_LINEAR)
     assert np.abs(expected.astype(float) - s.image.astype(float)).mean() < 4
+
+
+def test_lrs3_mediapipe_on_synthetic_frames(lrs3_root, tmp_path) -> None:
+    """Bonus, with the real detector: MediaPipe finds the synthetic speaker in every frame where it is
+    in the picture (points near the ground truth's), and the cut-away frames keep their rows with NaN."""
+    root, _ = lrs3_root
+    prep_cli("lrs3", root, tmp_path, "--fan", "off", "--mediapipe-backend", "facemesh", "--size", "128",
+             "--splits", "train,val", "--limit", "1")
+    manifest, samples, rejects = load_prepped(tmp_path, "lrs3")
+    check_counts(manifest, samples, rejects)
+    gt = read_ground_truth(root)
+    original = next(p.split("/")[1] for p in gt.paths if p.startswith("trainval/"))
+    rows = gt_rows(gt)
+    errors, hidden = [], 0
+    for s in samples:
+        row = rows[(s.meta["source_path"].replace(s.meta["subject"], original), s.meta["frame_index"])]
+        if gt.extras["face_visible"][row]:
+            assert s.meta["landmarks"]["mp"] and s.meta["box_source"] == "mediapipe", s.key
+            errors.append(mediapipe_error(s, gt.extras["landmarks_mp"][row], gt.extras["landmarks68"][row]))
+        else:
+            hidden += 1
+            assert np.isnan(s.mp).all() and s.meta["box_source"] == "previous", s.key
+    assert hidden == 3 * 2 and manifest["total"]["no_face"] == hidden  # the cut-away of both clips
+    assert max(errors) < 0.08, max(errors)  # fraction of the face size (synthetic faces are not MediaPipe's)
+    print(f"LRS3 MediaPipe: {len(errors)} frames detected, median error <= {max(errors):.3f} x face size")
 
 
 def iter_with_images(folder: Path):
