@@ -118,7 +118,8 @@ class AffectNetSource(PipelineSource):
                 log.warning("%s: no %s; split %s is empty", root, CSV_FILES[split], split)
             elif not options.splits or split in options.splits:
                 items += self._read_csv(root, rel, split, image_dir, options.limit)
-        return limit_per_split(unique_keys(self.name, items, "the CSV files"), options)
+        listed = {split: rel or CSV_FILES[split] for split, rel in files.items()}
+        return limit_per_split(unique_keys(self.name, items, listed), options)
 
     def _read_csv(self, root: Path, rel: str, split: str, image_dir: str, limit: int | None) -> list[SourceItem]:
         # errors="replace": a stray non-UTF-8 byte spoils its own row (the path will not exist), not the file.

@@ -56,18 +56,19 @@ def is_bad(item: SourceItem) -> bool:
     return ERROR_LABEL in item.labels
 
 
-def unique_keys(dataset: str, items: Sequence[SourceItem], listing_file: str) -> list[SourceItem]:
+def unique_keys(dataset: str, items: Sequence[SourceItem], listing_file: str | Mapping[str, str]) -> list[SourceItem]:
     """Items whose sample key repeats an earlier item's (a duplicated annotation row, or ids that
-    sanitise alike) become rejects: the runner refuses a plan with a duplicate key outright."""
+    sanitise alike) become rejects: the runner refuses a plan with a duplicate key outright.
+    `listing_file`: the file the items were listed from, or one per split."""
     seen: dict[str, str] = {}
     out = []
     for item in items:
         key = safe_key(dataset, item.id)
         if key in seen:
-            first = seen[key]
-            item = bad_item(f"duplicate-{len(out)}-{item.id}", item.split, listing_file,
-                            f"{listing_file}: {item.id!r} gives the same sample key {key!r} as {first!r} "
-                            "(duplicated row?); kept the first")
+            source = listing_file if isinstance(listing_file, str) else listing_file[item.split]
+            item = bad_item(f"duplicate-{len(out)}-{item.id}", item.split, source,
+                            f"{source}: {item.id!r} gives the same sample key {key!r} as {seen[key]!r} "
+                            "(listed twice?); the first is kept")
             key = safe_key(dataset, item.id)
         seen[key] = item.id
         out.append(item)

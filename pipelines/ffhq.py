@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from fbench.shards import SourceItem, SourceOptions, UnsafePathError, safe_relpath, walk_files
+from fbench.shards import SourceItem, SourceOptions, safe_relpath, walk_files
 from fbench.shards.media import IMAGE_SUFFIXES
 from pipelines.common import (Choice, PipelineSource, bad_item, build_plugin, filter_values, limit_per_split,
                               points_array, unique_keys)
@@ -86,7 +86,7 @@ class FFHQSource(PipelineSource):
             split = CATEGORY_SPLIT.get(index_category(index))  # where a rejected entry is counted
             try:
                 item = self._entry_item(root, index, entry, section, folder)
-            except (ValueError, UnsafePathError, TypeError, KeyError) as exc:
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:  # UnsafePathError is a ValueError
                 items.append(bad_item(f"json-{index:05d}", split, JSON_NAME,
                                       f"{JSON_NAME}: entry {key!r} ({variant}): {exc}"))
                 continue

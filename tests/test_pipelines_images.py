@@ -300,7 +300,8 @@ def test_affectnet_malicious_and_malformed_rows_are_rejects(affectnet_root, tmp_
     assert "arousal 'abc' is not a number" in reasons[5] and "expected 68 (x, y) points" in reasons[6]
     assert all(r["file"] == "Manually_Annotated_file_lists/training.csv" for r in new)
     duplicate = [r for r in rejects if "gives the same sample key" in r["reason"]]
-    assert len(duplicate) == 1 and manifest["total"]["inputs"] == 12 + len(extra)
+    assert len(duplicate) == 1 and duplicate[0]["file"] == "Manually_Annotated_file_lists/training.csv"
+    assert manifest["total"]["inputs"] == 12 + len(extra)
     assert not any("secret" in s.meta["source_path"] or "passwd" in s.meta["source_path"] for s in samples)
 
 
