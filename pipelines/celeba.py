@@ -10,7 +10,8 @@ Layout (data_cards/celeba.yaml)::
     <root>/Eval/list_eval_partition.txt              `<file> <0|1|2>`
 
 Items: every image of the partition file, in its order; partition 0/1/2 -> train/val/test
-(CelebA's official split, by identity). Annotations: the 5 points of the landmark file
+(CelebA's official split, contiguous file ranges; whether it is identity-disjoint is not
+documented, see the data card). Annotations: the 5 points of the landmark file
 (celeba5: left eye, right eye, nose, left and right mouth corner, whole pixels). Labels:
 identity and, when the attribute file is there, `attributes` (the names of the attributes
 marked 1).

@@ -163,7 +163,7 @@ def test_celeba_prep_matches_ground_truth(celeba_root, tmp_path) -> None:
             assert r["file"] == image and "cannot decode image" in r["reason"]
         else:
             assert r["file"] == "Anno/list_landmarks_align_celeba.txt" and " line " in r["reason"]
-    # Splits are by identity, as CelebA's partition file has them.
+    # The synthetic partition is identity-disjoint; the pipeline keeps it so (splits come from the file alone).
     ids = {split: {s.meta["labels"]["identity"] for s in samples if s.meta["split"] == split} for split in ("train", "val", "test")}
     assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
 
