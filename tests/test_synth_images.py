@@ -181,6 +181,16 @@ def test_card_describes_the_real_release_and_the_writer(name, module):
     assert card["synthetic"]["writer"] == module.__name__
     assert card["synthetic"]["default_n"] == module.DEFAULT_N
     assert all({"fact", "source"} <= set(v) for v in card["verified"])
+    if name == "celeba":
+        assert card["formats"]["landmarks"]["header"] == celeba.LANDMARK_HEADER
+        assert card["synthetic"]["image_size"] == [celeba.WIDTH, celeba.HEIGHT]
+    if name == "affectnet":
+        assert tuple(card["formats"]["csv"]["columns"]) == affectnet.CSV_COLUMNS
+        assert tuple(card["formats"]["classes"].values()) == affectnet.CLASSES
+        assert [card["layout"]["files"][k] for k in ("training", "validation")] == list(affectnet.SPLIT_FILES.values())
+    if name == "ffhq":
+        assert card["synthetic"]["image_size"] == [ffhq.SIZE, ffhq.SIZE]
+        assert card["counts"]["training"] == ffhq.TRAINING_COUNT and card["counts"]["images"] == ffhq.REAL_COUNT
 
 
 # ---------------------------------------------------------------- FFHQ

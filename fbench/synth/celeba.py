@@ -86,7 +86,7 @@ class Item:
 
 
 def plan_items(rng: np.random.Generator, n: int) -> tuple[list[Item], int]:
-    """`n` images of max(1, ..., ceil(n/4)) identities, split by identity; returns (items, n_identities).
+    """`n` images of min(n, max(3, ceil(n/4))) identities, split by identity; returns (items, n_identities).
 
     From 3 identities on, at least one identity is val and one test (about 10 % each); every
     identity has at least one image.

@@ -230,6 +230,7 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
                                "= wild_landmarks68 rounded to whole pixels; face_quad from the exact wild landmarks"),
         "split_mapping": "category training -> split train, validation -> val",
         "corrupted": json.dumps(to_corrupt), "corruption_kinds": ",".join(CORRUPTIONS),
+        "corrupted_items": json.dumps([{"path": p, "kind": k} for p, k in sorted(kinds.items())]),
         "conventions": PHOTO_CONVENTIONS + (
             " wild_*: the notional in-the-wild photo's camera and FLAME-contour landmarks (not written). "
             "corrupted: 0 intact, else 1 + index in corruption_kinds."),
