@@ -207,7 +207,7 @@ def test_render_params_file_single_batch_and_default_cam(tmp_path: Path) -> None
 
     bad = tmp_path / "bad.npz"
     np.savez(bad, expresion=np.zeros(3))
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="bad.npz.*unknown FLAME parameter"):
         render_params_file(bad, tmp_path / "bad.png", flame=flame)
 
 

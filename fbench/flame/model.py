@@ -103,6 +103,11 @@ class FLAME(nn.Module):
         self.register_buffer("mp_lmk_vertices", idx(faces[assets.mp_lmk_faces]))
         self.register_buffer("mp_lmk_bary", t(assets.mp_lmk_bary))
         self.register_buffer("mp_landmark_indices", idx(assets.mp_landmark_indices))
+        self.register_buffer("fixed_lmk_vertices", torch.cat(
+            [self.static_lmk_vertices, self.full_lmk_vertices, self.mp_lmk_vertices]))
+        self.register_buffer("fixed_lmk_bary", torch.cat([self.static_lmk_bary, self.full_lmk_bary, self.mp_lmk_bary]))
+        self.landmark_split = (assets.dynamic_lmk_faces.shape[1], len(assets.static_lmk_faces),
+                               len(assets.full_lmk_faces), len(assets.mp_lmk_faces))
         self.mask_names = sorted(assets.masks)
         for name in self.mask_names:
             self.register_buffer(f"mask_{name}", idx(assets.masks[name]))
@@ -166,13 +171,14 @@ class FLAME(nn.Module):
         vertices = torch.addmm(vertices.reshape(batch, -1), post, self.post_skinning_dirs).reshape(batch, -1, 3)
         posed_joints = posed_joints + p.translation[:, None]
 
-        return FlameOutput(
-            vertices=vertices,
-            joints=posed_joints,
-            landmarks=self._landmarks68(vertices, rots),
-            landmarks_full=barycentric_points(vertices, self.full_lmk_vertices, self.full_lmk_bary),
-            landmarks_mp=barycentric_points(vertices, self.mp_lmk_vertices, self.mp_lmk_bary),
-        )
+        # All landmark sets in one gather (its backward is one scatter into a (B,V,3) zero tensor).
+        bins = self.contour_bins(rots)
+        points = barycentric_points(
+            vertices, torch.cat([self.dynamic_lmk_vertices[bins], self.fixed_lmk_vertices.expand(batch, -1, -1)], 1),
+            torch.cat([self.dynamic_lmk_bary[bins], self.fixed_lmk_bary.expand(batch, -1, -1)], 1))
+        contour, static, full, mp = points.split(self.landmark_split, dim=1)
+        return FlameOutput(vertices=vertices, joints=posed_joints, landmarks=torch.cat([contour, static], dim=1),
+                           landmarks_full=full, landmarks_mp=mp)
 
     def contour_bins(self, rots: Tensor) -> Tensor:
         """Yaw bin per item: 0..39 for yaw 0..39 degrees, 40..78 for -1..-39 (DECA/SMIRK layout)."""
@@ -183,8 +189,3 @@ class FLAME(nn.Module):
         yaw = yaw.clamp(-YAW_BINS_MAX_DEG, YAW_BINS_MAX_DEG)
         return torch.where(yaw < 0, YAW_BINS_MAX_DEG - yaw, yaw)
 
-    def _landmarks68(self, vertices: Tensor, rots: Tensor) -> Tensor:
-        bins = self.contour_bins(rots)
-        contour = barycentric_points(vertices, self.dynamic_lmk_vertices[bins], self.dynamic_lmk_bary[bins])
-        static = barycentric_points(vertices, self.static_lmk_vertices, self.static_lmk_bary)
-        return torch.cat([contour, static], dim=1)
