@@ -51,6 +51,22 @@ def barycentric_points(vertices: Tensor, face_vertices: Tensor, bary: Tensor) ->
     return (corners * bary[..., None]).sum(-2)
 
 
+def blend_skinning(points: Tensor, rotations: Tensor, translations: Tensor, weights_t: Tensor) -> Tensor:
+    """Linear blend skinning of planar points (B,3,V) by per-joint transforms (B,J,3,3), (B,J,3).
+
+    weights_t: (J,V) skinning weights. Planar layout (all x, then all y, then all z) keeps
+    every elementwise operation on contiguous (B,V) rows; applying the blended 3x4 transform
+    entry by entry avoids (B,V,3,3) products and their slow reductions over size-3 axes.
+    """
+    batch = points.shape[0]
+    rows = torch.cat([rotations, translations[..., None]], dim=3).reshape(batch, -1, 12).transpose(1, 2)
+    blended = (rows.reshape(batch * 12, -1) @ weights_t).reshape(batch, 12, -1).unbind(1)  # 12 x (B,V)
+    x, y, z = points.unbind(1)
+    return torch.stack([torch.addcmul(torch.addcmul(torch.addcmul(blended[4 * c + 3], x, blended[4 * c]),
+                                                    y, blended[4 * c + 1]), z, blended[4 * c + 2])
+                        for c in range(3)], dim=1)
+
+
 @dataclass
 class FlameOutput:
     vertices: Tensor  # (B,V,3)
@@ -88,6 +104,7 @@ class FLAME(nn.Module):
         self.register_buffer("joint_dirs", t(np.einsum("jv,vck->kjc", assets.j_regressor, dirs).reshape(-1, j * 3)))
         self.register_buffer("pose_dirs", t(assets.posedirs.reshape(v * 3, -1).T))  # (9*(J-1), V*3)
         self.register_buffer("lbs_weights", t(assets.weights))
+        self.register_buffer("lbs_weights_t", t(assets.weights.T))  # (J,V) for planar skinning
         self.parents = [int(p) for p in assets.parents]
         unit_offsets = np.tile(np.eye(3), (1, v))  # row k moves every vertex by the k-th unit vector
         self.register_buffer("post_skinning_dirs", t(np.concatenate(
@@ -158,12 +175,10 @@ class FLAME(nn.Module):
             world_t.append(world_t[parent] + (world_rot[parent] @ offset)[..., 0])
         world_rot = torch.stack(world_rot, dim=1)  # (B,J,3,3)
         posed_joints = torch.stack(world_t, dim=1)  # (B,J,3)
-        # Skinning transform of joint j maps rest-pose x to R_j (x - J_j) + T_j; blend the
-        # 3x4 transforms per vertex, then apply them elementwise (tiny batched matmuls are slow).
+        # Skinning transform of joint j maps rest-pose x to R_j (x - J_j) + T_j.
         rel_t = posed_joints - (world_rot @ joints[..., None])[..., 0]
-        transforms = torch.cat([world_rot, rel_t[..., None]], dim=-1).reshape(batch, -1, 12)
-        blended = (self.lbs_weights @ transforms).reshape(batch, -1, 3, 4)  # (B,V,3,4)
-        vertices = (blended[..., :3] * v_posed[:, :, None, :]).sum(-1) + blended[..., 3]
+        planar = blend_skinning(v_posed.transpose(1, 2), world_rot, rel_t, self.lbs_weights_t)
+        vertices = planar.transpose(1, 2)
 
         # Eyelids are added after skinning, as SMIRK does (src/FLAME/FLAME.py), and then the
         # translation: both linear, so one product with [l_eyelid; r_eyelid; unit x/y/z offsets].
