@@ -3,6 +3,7 @@ data_cards/bp4d.yaml; the ground-truth transform maps the GT FLAME mesh onto the
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from PIL import Image
 
 from fbench.flame import FLAME, FlameParams
 from fbench.geometry import point_mesh_distance
-from fbench.synth import bp4d
+from fbench.synth import SynthResult, bp4d
 
 CARD = yaml.safe_load((Path(__file__).resolve().parents[1] / "data_cards" / "bp4d.yaml").read_text())
 
@@ -54,9 +55,21 @@ def flame(flame_dir: Path) -> FLAME:
     return FLAME(flame_dir)
 
 
+def shared_bp4d(tmp_path_factory: pytest.TempPathFactory, flame: FLAME) -> SynthResult:
+    """The session's synthetic BP4D (n=2, seed 5, corrupt 4), written once and shared with
+    test_fitting_bp4d.py (same helper there); readers must not modify it."""
+    root = tmp_path_factory.getbasetemp() / "shared-synth-bp4d-n2-seed5-corrupt4"
+    done = root / "synth_result.json"
+    if not done.is_file():
+        result = bp4d.write(root, n=2, seed=5, corrupt=4, flame=flame)
+        done.write_text(json.dumps({"counts": result.counts, "corrupted": result.corrupted}))
+    meta = json.loads(done.read_text())
+    return SynthResult(root=root, counts=meta["counts"], corrupted=meta["corrupted"])
+
+
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory, flame: FLAME):
-    return bp4d.write(tmp_path_factory.mktemp("bp4d"), n=2, seed=5, corrupt=4, flame=flame)
+def dataset(tmp_path_factory: pytest.TempPathFactory, flame: FLAME) -> SynthResult:
+    return shared_bp4d(tmp_path_factory, flame)
 
 
 def _regex(template: str) -> re.Pattern:
@@ -72,7 +85,7 @@ def test_layout_matches_data_card(dataset) -> None:
     patterns = {k: _regex(v) for k, v in CARD["layout"]["files"].items()}
     kinds: dict[str, list[str]] = {k: [] for k in patterns}
     for path in sorted(root.rglob("*")):
-        if not path.is_file() or path.name == "fbench_ground_truth.h5":
+        if not path.is_file() or path.name in ("fbench_ground_truth.h5", "synth_result.json"):
             continue
         rel = str(path.relative_to(root))
         matched = [k for k, p in patterns.items() if p.match(rel)]

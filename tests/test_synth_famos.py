@@ -3,6 +3,7 @@ and the ground truth reproduces the files (FLAME(params) == registration; scans 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import yaml
 
 from fbench.flame import FLAME, FlameParams
 from fbench.geometry import point_mesh_distance
-from fbench.synth import famos
+from fbench.synth import SynthResult, famos
 
 CARD = yaml.safe_load((Path(__file__).resolve().parents[1] / "data_cards" / "famos.yaml").read_text())
 
@@ -55,10 +56,21 @@ def flame(flame_dir: Path) -> FLAME:
     return FLAME(flame_dir)
 
 
+def shared_famos(tmp_path_factory: pytest.TempPathFactory, flame: FLAME) -> SynthResult:
+    """The session's synthetic FaMoS (n=1, seed 3, corrupt 4), written once and shared with
+    test_fitting_famos.py (same helper there); readers must not modify it."""
+    root = tmp_path_factory.getbasetemp() / "shared-synth-famos-n1-seed3-corrupt4"
+    done = root / "synth_result.json"
+    if not done.is_file():
+        result = famos.write(root, n=1, seed=3, corrupt=4, flame=flame)
+        done.write_text(json.dumps({"counts": result.counts, "corrupted": result.corrupted}))
+    meta = json.loads(done.read_text())
+    return SynthResult(root=root, counts=meta["counts"], corrupted=meta["corrupted"])
+
+
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory, flame: FLAME):
-    out = tmp_path_factory.mktemp("famos")
-    return famos.write(out, n=1, seed=3, corrupt=4, flame=flame)
+def dataset(tmp_path_factory: pytest.TempPathFactory, flame: FLAME) -> SynthResult:
+    return shared_famos(tmp_path_factory, flame)
 
 
 def _template_regex(template: str) -> re.Pattern:
@@ -76,7 +88,7 @@ def test_layout_matches_data_card(dataset) -> None:
     patterns = {k: _template_regex(v) for k, v in CARD["layout"]["files"].items()}
     kinds: dict[str, list[str]] = {k: [] for k in patterns}
     for rel in files:
-        if rel == "fbench_ground_truth.h5":
+        if rel in ("fbench_ground_truth.h5", "synth_result.json"):
             continue
         matched = [k for k, p in patterns.items() if p.match(rel)]
         assert len(matched) == 1, f"{rel} matches {matched} of the data card's layout"

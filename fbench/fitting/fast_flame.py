@@ -148,14 +148,15 @@ class FittingFlame(nn.Module):
         world_rot = torch.stack(world)  # (J, 3, 3)
         blended = (self.lbs_weights_t.T @ world_rot.reshape(-1, 9)).reshape(-1, 3, 3)  # (V, 3, 3)
         d_rest = basis.reshape(k, 3, -1)
-        out = torch.einsum("vcd,kdv->kcv", blended, d_rest)
+        # out[k, c, v] = sum_d blended[v, c, d] d_rest[k, d, v], as element-wise products of (K, V) rows.
+        out = torch.stack([sum(blended[:, c, d][None] * d_rest[:, d] for d in range(3)) for c in range(3)], dim=1)
         d_joints = joint_basis.reshape(k, -1, 3)  # (K, J, 3)
         d_posed = [d_joints[:, 0]]
         for i in range(1, self.num_joints):
             parent = self.parents[i]
             d_posed.append(d_posed[parent] + (d_joints[:, i] - d_joints[:, parent]) @ world[parent].T)
         d_t = torch.stack(d_posed, dim=1) - torch.einsum("jcd,kjd->kjc", world_rot, d_joints)  # (K, J, 3)
-        out = out + torch.einsum("jv,kjc->kcv", self.lbs_weights_t, d_t)
+        out = out + (d_t.transpose(1, 2).reshape(-1, d_t.shape[1]) @ self.lbs_weights_t).reshape(k, 3, -1)
         return out.reshape(k, -1).T
 
     def forward(self, global_pose: Tensor, translation: Tensor, neck: Tensor, jaw: Tensor, eyes: Tensor,

@@ -207,9 +207,11 @@ class ScanObjective:
         n, npts = fids.shape
         corner_ids = self.faces[fids].reshape(n, 1, -1).expand(-1, 3, -1)  # (n, 3, N*3)
         corners = torch.gather(vertices, 2, corner_ids).reshape(n, 3, npts, 3)  # coordinate, point, corner
-        closest = (corners * bary[:, None]).sum(-1)  # (n, 3, N)
-        e1 = corners[..., 1] - corners[..., 0]
-        e2 = corners[..., 2] - corners[..., 0]
+        c0, c1, c2 = corners.unbind(-1)  # (n, 3, N) each
+        b0, b1, b2 = bary[:, None].unbind(-1)
+        closest = c0 * b0 + c1 * b1 + c2 * b2
+        e1 = c1 - c0
+        e2 = c2 - c0
         normal = torch.linalg.cross(e1, e2, dim=1)
         normal = normal / normal.norm(dim=1, keepdim=True).clamp_min(1e-20)
         r = ((pts.transpose(1, 2) - closest) * normal).sum(1) * MM  # (n, N)
@@ -282,8 +284,9 @@ def _fit_identity(flame: FLAME, config: ScanFitConfig, points: list[np.ndarray],
     n_shared = n_shape + int(free_scale)
     frames0 = torch.zeros(k, p, dtype=dtype)
     x = torch.cat([torch.zeros(n_shared, dtype=dtype), frames0.reshape(-1)])[None]
-    blocks = [vertex_hessian(joint, layout, weights, with_shape=True, with_scale=free_scale, at=frames0[i])
-              for i in range(k)]
+    # Every frame starts at the neutral pose (the landmark transform aligned the scans): one block serves all.
+    block = vertex_hessian(joint, layout, weights, with_shape=True, with_scale=free_scale)
+    blocks = [block] * k
     shared_prior = torch.full((n_shared,), 2.0 * config.priors.shape, dtype=dtype)
     if free_scale:
         shared_prior[-1] = 2.0 * config.priors.shape

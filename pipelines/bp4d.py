@@ -1,0 +1,273 @@
+"""BP4D-Spontaneous: fit FLAME to the 3D face scans (FIELDS' expression supervision).
+
+Reads ``<root>/<subject>/<task>/<frame>.{obj,wrl}`` (textured scans in mm, not in FLAME
+topology) with per-frame 3D landmarks (see data_cards/bp4d.yaml: the release's per-frame
+format is not publicly documented, so both mesh formats and several landmark-file
+namings are accepted), and runs :mod:`fbench.fitting.scan`: landmark (Umeyama)
+initialisation, a joint identity fit on frames spread over the subject's tasks, then
+robust (Geman-McClure) scan-to-mesh + landmark fits of every frame with that identity,
+restricted to the face region.
+
+Resumable per (subject, task); the identity is cached per subject. Frames whose scan or
+landmarks cannot be read are logged (``failures.jsonl``; missing or broken landmarks
+only cost the frame its own initialisation: it borrows its neighbour's) and the run goes on.
+
+Example::
+
+    fbench fit-flame bp4d --root /data/BP4D --out fits/bp4d
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fbench.fitting.config import config_to_dict
+from fbench.fitting.runner import (
+    DatasetError,
+    PipelinePlugin,
+    finish,
+    fit_options,
+    guarded,
+    load_flame_for_fitting,
+    load_pipeline_config,
+    residual_stats,
+    split_list,
+    strided,
+)
+from fbench.fitting.scan import ScanFitConfig, ScanFrame, fit_scan_subject
+from fbench.fitting.scan_io import read_landmarks_3d, read_scan
+from fbench.fitting.store import FitStore, SequenceFit, UnsafeNameError, check_name
+from fbench.flame import FLAME
+from fbench.geometry import MeshError
+
+log = logging.getLogger("fbench.pipelines.bp4d")
+
+TASKS = tuple(f"T{i}" for i in range(1, 9))
+MESH_SUFFIXES = (".obj", ".wrl", ".ply")
+FRAME_RE = re.compile(r"^(?P<frame>\d+)\.(?P<ext>obj|wrl|ply)$", re.IGNORECASE)
+
+
+@dataclass
+class Bp4dConfig:
+    """Settings of ``fbench fit-flame bp4d`` (YAML keys; ``-o scan.identity_frames=4`` etc.)."""
+
+    scan: ScanFitConfig = field(default_factory=ScanFitConfig)
+    stride: int = 1
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    # Landmark file next to each scan, first existing pattern wins ({stem}: the scan's name without suffix).
+    landmark_patterns: list[str] = field(default_factory=lambda: ["{stem}_lmk3d.txt", "{stem}.bnd", "{stem}.lm3",
+                                                                  "{stem}_landmarks.txt"])
+    # For files with another point count (BP4D's 83-point scheme): pairs [file index, iBUG-68 index].
+    landmark_map: list[list[int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ScanRef:
+    task: str
+    frame: int
+    mesh: Path
+    landmarks: Path | None
+
+
+def find_subjects(root: Path) -> list[str]:
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a directory")
+    out = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            check_name(d.name, "subject")
+        except UnsafeNameError as exc:
+            log.warning("skipping %s: %s", d, exc)
+            continue
+        out.append(d.name)
+    return out
+
+
+def find_scans(root: Path, subject: str, tasks: list[str], patterns: list[str]) -> dict[str, list[ScanRef]]:
+    """Scans of a subject by task, sorted by frame number (one mesh per frame; OBJ preferred over WRL/PLY)."""
+    out: dict[str, list[ScanRef]] = {}
+    for task in tasks:
+        tdir = root / subject / task
+        if not tdir.is_dir():
+            continue
+        check_name(task, "task")
+        by_frame: dict[int, Path] = {}
+        for p in sorted(tdir.iterdir()):
+            m = FRAME_RE.match(p.name)
+            if not m or not p.is_file():
+                continue
+            frame = int(m["frame"])
+            if frame not in by_frame or MESH_SUFFIXES.index(p.suffix.lower()) < MESH_SUFFIXES.index(
+                    by_frame[frame].suffix.lower()):
+                by_frame[frame] = p
+        refs = []
+        for frame, mesh in sorted(by_frame.items()):
+            lmk = next((tdir / pat.format(stem=mesh.stem) for pat in patterns
+                        if (tdir / pat.format(stem=mesh.stem)).is_file()), None)
+            refs.append(ScanRef(task, frame, mesh, lmk))
+        if refs:
+            out[task] = refs
+    return out
+
+
+def load_landmarks(path: Path | None, landmark_map: list[list[int]]) -> np.ndarray:
+    """(68, 3) landmarks in iBUG order (NaN rows for points the file does not provide)."""
+    if path is None:
+        raise FileNotFoundError("no landmark file next to the scan")
+    points = read_landmarks_3d(path)
+    if len(points) == 68 and not landmark_map:
+        return points
+    if not landmark_map:
+        raise ValueError(f"{path}: {len(points)} landmarks; iBUG-68 expected (give landmark_map for other schemes)")
+    out = np.full((68, 3), np.nan)
+    for src, dst in landmark_map:
+        if src >= len(points) or not 0 <= dst < 68:
+            raise ValueError(f"{path}: landmark_map pair ({src}, {dst}) out of range for {len(points)} points")
+        out[dst] = points[src]
+    return out
+
+
+def _empty_fit(subject: str, task: str, n_exp: int) -> SequenceFit:
+    widths = (("shape", 300), ("expression", n_exp), ("global_pose", 3), ("neck", 3), ("jaw", 3), ("eyes", 6),
+              ("eyelids", 2), ("translation", 3))
+    return SequenceFit(subject=subject, sequence=task, frame=np.zeros(0, np.int64), source=[],
+                       params={k: np.zeros((0, w)) for k, w in widths}, scale=np.zeros(0),
+                       transform=np.zeros((0, 4, 4)), residual_mean_mm=np.zeros(0), residual_median_mm=np.zeros(0),
+                       residual_max_mm=np.zeros(0), loss=np.zeros(0), converged=np.zeros(0, bool))
+
+
+def fit_bp4d(root: Path, out: Path, flame: FLAME, config: Bp4dConfig, subjects: list[str] | None = None,
+             overwrite: bool = False, progress: bool = True) -> FitStore:
+    """Fit every selected (subject, task) of a BP4D 3D tree; returns the store (see module doc)."""
+    root = Path(root)
+    cfg = config.scan
+    source = getattr(flame, "flame_source", None)
+    store = FitStore(out, "bp4d", config_to_dict(config), source.describe() if source else str(flame.source),
+                     bool(source.synthetic) if source else False)
+    found = find_subjects(root)
+    chosen = found if not subjects else [s for s in subjects if s in found]
+    for s in set(subjects or []) - set(found):
+        log.warning("subject %s not found under %s", s, root)
+    plan: dict[str, dict[str, list[ScanRef]]] = {}
+    for subject in chosen:
+        scans = find_scans(root, subject, config.tasks, config.landmark_patterns)
+        todo = {task: strided(refs, config.stride) for task, refs in scans.items()
+                if overwrite or not store.done(subject, task)}
+        if todo:
+            plan[subject] = todo
+    if not plan and not store.finished():
+        raise DatasetError(f"{root}: no BP4D scans found (expected <subject>/<task>/<frame>.obj|.wrl)")
+    total = sum(len(r) for todo in plan.values() for r in todo.values())
+    bar = tqdm(total=total, unit="scan", desc="bp4d", disable=not progress)
+    for subject, todo in plan.items():
+        frames: list[ScanFrame] = []
+        refs: list[ScanRef] = []
+        for task, task_refs in todo.items():
+            for ref in task_refs:
+                rel = str(ref.mesh.relative_to(root))
+                try:
+                    mesh = read_scan(ref.mesh, units="mm")
+                except MeshError as exc:
+                    store.record_failure(subject, task, ref.frame, rel, exc.reason)
+                    bar.update(1)
+                    continue
+                try:
+                    lmk = load_landmarks(ref.landmarks, config.landmark_map)
+                except (FileNotFoundError, ValueError) as exc:
+                    log.warning("%s: landmarks unusable, initialised from a neighbouring frame (%s)", rel, exc)
+                    lmk = None
+                frames.append(ScanFrame(mesh.vertices, mesh.faces, lmk, rel))
+                refs.append(ref)
+        done_before = bar.n
+        try:
+            if not frames:
+                raise ValueError("no readable scan")
+            identity = store.load_identity(subject)
+            given = None if identity is None else (torch.as_tensor(identity[0]["shape"]),
+                                                   float(identity[0]["log_scale"]))
+            fit = fit_scan_subject(flame, frames, cfg, identity=given, progress=bar.update)
+            if identity is None:
+                store.save_identity(subject, {"shape": fit.shape.numpy(), "log_scale": np.array(fit.log_scale)},
+                                    {"frames": [frames[i].source for i in fit.identity_frames]})
+        except (ValueError, RuntimeError) as exc:
+            for ref in refs:
+                store.record_failure(subject, ref.task, ref.frame, str(ref.mesh.relative_to(root)), f"subject: {exc}")
+            bar.update(len(refs) - (bar.n - done_before))
+            store.consolidate()
+            continue
+        by_task: dict[str, list[int]] = {}
+        for i, ref in enumerate(refs):
+            by_task.setdefault(ref.task, []).append(i)
+        for task in todo:
+            rows = []
+            for i in by_task.get(task, []):
+                r = fit.residual_mm[i]
+                if not np.isfinite(fit.loss[i]) or r.size == 0:
+                    reason = "optimisation diverged (non-finite loss)" if not np.isfinite(fit.loss[i]) \
+                        else "no scan point in the face region after fitting"
+                    store.record_failure(subject, task, refs[i].frame, frames[i].source, reason)
+                    continue
+                rows.append(i)
+            if not rows:
+                store.save(_empty_fit(subject, task, cfg.n_exp))
+                continue
+            params = {k: v.detach().double().numpy()[rows] for k, v in fit.params.as_dict().items()}
+            params["eyelids"] = np.zeros((len(rows), 2))
+            stats = np.array([residual_stats(fit.residual_mm[i]) for i in rows])
+            store.save(SequenceFit(
+                subject=subject, sequence=task, frame=np.array([refs[i].frame for i in rows]),
+                source=[frames[i].source for i in rows], params=params, scale=fit.scale[rows],
+                transform=np.stack([fit.transforms[i].matrix() for i in rows]),
+                residual_mean_mm=stats[:, 0], residual_median_mm=stats[:, 1], residual_max_mm=stats[:, 2],
+                loss=fit.loss[rows], converged=fit.converged[rows],
+                attrs={"identity": f"shape fitted jointly to {len(fit.identity_frames)} frame(s) of the subject",
+                       "stride": config.stride, "scan_units": cfg.scan_units,
+                       "residual": "point-to-surface distance of face-region scan points to the fit (scan units)"}))
+        store.consolidate()
+    bar.close()
+    return store
+
+
+@click.command("bp4d", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="BP4D-Spontaneous 3D root: <subject>/<task>/<frame>.obj|.wrl with 3D landmark files.")
+@click.option("--tasks", default=None, help="Comma-separated tasks (default: T1..T8).")
+@fit_options
+@guarded
+def command(root: Path, tasks: str | None, out: Path, subjects: str | None, stride: int | None,
+            export_dir: Path | None, config_path: Path | None, overrides: tuple[str, ...], flame: Path | None,
+            overwrite: bool, no_progress: bool) -> None:
+    """Fit FLAME to BP4D-Spontaneous 3D scans (FIELDS' expression supervision).
+
+    Scale and pose from the per-frame 3D landmarks (Umeyama), one shape per subject fitted
+    jointly on frames spread over its tasks, then robust scan-to-mesh + landmark fits of
+    every frame restricted to the face. Writes OUT/fits.h5 (parameters, scan transform,
+    residuals in mm, source files), OUT/summary.csv and OUT/failures.jsonl; reruns resume.
+
+    \b
+    Examples:
+      fbench fit-flame bp4d --root /data/BP4D --out fits/bp4d
+      fbench fit-flame bp4d --root /data/BP4D --out fits/bp4d --subjects F001,M001 --tasks T1,T8 --stride 5
+      fbench fit-flame bp4d --root /data/BP4D --out fits/bp4d -o scan.scan_units=unknown
+    """
+    config = load_pipeline_config(Bp4dConfig, config_path, overrides)
+    if stride is not None:
+        config.stride = stride
+    if tasks:
+        config.tasks = split_list(tasks) or list(TASKS)
+    model = load_flame_for_fitting(flame)
+    store = fit_bp4d(root, out, model, config, subjects=split_list(subjects), overwrite=overwrite,
+                     progress=not no_progress)
+    finish(store, export_dir)
+
+
+PIPELINE = PipelinePlugin(name="bp4d", summary="FLAME fits of BP4D-Spontaneous 3D scans (FIELDS supervision)",
+                          stage="fit", command=command)
