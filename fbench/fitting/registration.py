@@ -55,7 +55,7 @@ class PriorWeights:
 @dataclass
 class RegistrationFitConfig:
     n_exp: int = 100  # expression components fitted (SMIRK's templates use the first 50)
-    batch_size: int = 64  # frames solved together
+    batch_size: int = 50  # frames solved together (50 is about where CPU caches stop helping)
     priors: PriorWeights = field(default_factory=PriorWeights)
     rigid_stage: bool = True
     lbfgs: LbfgsOptions = field(default_factory=LbfgsOptions)
@@ -197,6 +197,7 @@ def fit_frames(model: FittingFlame, targets: Tensor, init: FlameParams, config: 
         precond = frame_preconditioner(model, layout, config.priors, vertex_weights)
     w = (vertex_weights if vertex_weights is not None else torch.ones(n_verts, dtype=dtype)).to(dtype)
     w = w / w.mean()
+    uniform = vertex_weights is None
     rigid_ids = rigid_vertex_ids(model, masks or {})
     warm = layout.pack(init.to(dtype=dtype))[:1]
     xs, losses, iters, conv = [], [], [], []
@@ -209,8 +210,9 @@ def fit_frames(model: FittingFlame, targets: Tensor, init: FlameParams, config: 
         goal = chunk.transpose(1, 2).contiguous()  # planar, like the model's output
 
         def loss(x: Tensor, rows: Tensor, goal: Tensor = goal) -> Tensor:
-            d2 = ((model.from_vector(x, sl, planar=True) - goal[rows]) * MM).pow(2)
-            return (d2 * w).sum((1, 2)) / n_verts + prior_energy(x, layout, config.priors)
+            diff = model.from_vector(x, sl, planar=True) - goal[rows]
+            sq = diff * diff if uniform else diff * diff * w
+            return sq.sum((1, 2)) * (MM * MM / n_verts) + prior_energy(x, layout, config.priors)
 
         res = batched_lbfgs(loss, x0, precond, config.lbfgs)
         xs.append(res.x)
