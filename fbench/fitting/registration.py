@@ -62,7 +62,8 @@ class RegistrationFitConfig:
     # Identity (shape) from the subject's neutral frames.
     identity_max_frames: int = 16
     identity_expression_weight: float = 1e-2
-    identity_lbfgs: LbfgsOptions = field(default_factory=lambda: LbfgsOptions(max_iterations=150, history=50))
+    identity_lbfgs: LbfgsOptions = field(default_factory=lambda: LbfgsOptions(max_iterations=100, history=50))
+    identity_rounds: int = 3  # L-BFGS restarts with the preconditioner rebuilt at the current poses
 
 
 @dataclass
@@ -280,10 +281,18 @@ def fit_identity(flame: FLAME, targets: Tensor, config: RegistrationFitConfig,
 
     # Arrow-shaped Gauss-Newton preconditioner from J_k = [J_shape | J_frame] of every frame at its
     # rigidly aligned start.
-    blocks = [vertex_hessian(model, layout, vertex_weights, with_shape=True, at=frames0[i]) for i in range(k)]
-    big = arrow_hessian(blocks, n_shape, torch.full((n_shape,), 2.0 * config.priors.shape, dtype=dtype),
-                        prior_diagonal(layout, config.priors, config.identity_expression_weight))
-    res = batched_lbfgs(loss, x0, Preconditioner(big), config.identity_lbfgs)
+    # The preconditioner is rebuilt at the current poses every round: the synthetic model's
+    # near-rigid shape components trade off against the global pose along a curved valley.
+    x = x0
+    for _ in range(max(1, config.identity_rounds)):
+        frames_now = x[0, n_shape:].reshape(k, p)
+        blocks = [vertex_hessian(model, layout, vertex_weights, with_shape=True, at=frames_now[i]) for i in range(k)]
+        big = arrow_hessian(blocks, n_shape, torch.full((n_shape,), 2.0 * config.priors.shape, dtype=dtype),
+                            prior_diagonal(layout, config.priors, config.identity_expression_weight))
+        res = batched_lbfgs(loss, x, Preconditioner(big), config.identity_lbfgs)
+        x = res.x
+        if bool(res.converged.all()):
+            break
     shape = res.x[0, :n_shape].detach()
     frames = res.x[0, n_shape:].reshape(k, p)
     with torch.no_grad():
