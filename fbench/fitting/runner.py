@@ -44,7 +44,9 @@ def fit_options(f: Callable) -> Callable:
         click.option("--stride", default=None, type=click.IntRange(min=1),
                      help="Fit every STRIDE-th frame of each sequence (by position in the sorted frame list)."),
         click.option("--export-templates", "export_dir", type=click.Path(file_okay=False, path_type=Path),
-                     default=None, help="Also write SMIRK expression templates DIR/<subject>/<sequence>/<frame>.npy."),
+                     default=None, help="Also write SMIRK expression templates DIR/<subject>/<sequence>/<frame>.npy "
+                                        "(np.save'd dicts, as SMIRK loads them; in fbench read them only with "
+                                        "fbench.safe_pickle.safe_load_npy)."),
         click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="YAML file with fitting settings (see the pipeline module for the keys)."),
         click.option("-o", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
