@@ -51,20 +51,33 @@ def barycentric_points(vertices: Tensor, face_vertices: Tensor, bary: Tensor) ->
     return (corners * bary[..., None]).sum(-2)
 
 
+def forward_kinematics(rots: Tensor, joints: Tensor, parents: list[int]) -> tuple[Tensor, Tensor]:
+    """World rotations (B,J,3,3) and posed joint positions (B,J,3) from local rotations and rest joints.
+
+    parents[j] < j for every non-root joint (FLAME's kinematic tree order).
+    """
+    world_rot, world_t = [rots[:, 0]], [joints[:, 0]]
+    for i in range(1, len(parents)):
+        parent = parents[i]
+        world_rot.append(world_rot[parent] @ rots[:, i])
+        offset = (joints[:, i] - joints[:, parent])[..., None]
+        world_t.append(world_t[parent] + (world_rot[parent] @ offset)[..., 0])
+    return torch.stack(world_rot, dim=1), torch.stack(world_t, dim=1)
+
+
 def blend_skinning(points: Tensor, rotations: Tensor, translations: Tensor, weights_t: Tensor) -> Tensor:
     """Linear blend skinning of planar points (B,3,V) by per-joint transforms (B,J,3,3), (B,J,3).
 
     weights_t: (J,V) skinning weights. Planar layout (all x, then all y, then all z) keeps
-    every elementwise operation on contiguous (B,V) rows; applying the blended 3x4 transform
-    entry by entry avoids (B,V,3,3) products and their slow reductions over size-3 axes.
+    every elementwise operation on contiguous (B,V) rows. The blended rotation (B,3,3,V) and
+    translation (B,3,V) come from two products with the weights and are applied with one
+    broadcast multiply and a sum over the middle axis, which keeps the backward pass free of
+    stacks and zero-filled slices.
     """
-    batch = points.shape[0]
-    rows = torch.cat([rotations, translations[..., None]], dim=3).reshape(batch, -1, 12).transpose(1, 2)
-    blended = (rows.reshape(batch * 12, -1) @ weights_t).reshape(batch, 12, -1).unbind(1)  # 12 x (B,V)
-    x, y, z = points.unbind(1)
-    return torch.stack([torch.addcmul(torch.addcmul(torch.addcmul(blended[4 * c + 3], x, blended[4 * c]),
-                                                    y, blended[4 * c + 1]), z, blended[4 * c + 2])
-                        for c in range(3)], dim=1)
+    batch, joints = rotations.shape[:2]
+    rot = rotations.reshape(batch, joints, 9).transpose(1, 2).reshape(batch * 9, joints) @ weights_t
+    trans = translations.transpose(1, 2).reshape(batch * 3, joints) @ weights_t
+    return (rot.view(batch, 3, 3, -1) * points[:, None]).sum(2) + trans.view(batch, 3, -1)
 
 
 @dataclass
@@ -166,15 +179,7 @@ class FLAME(nn.Module):
         pose_feature = (rots[:, 1:] - eye).reshape(batch, -1)
         v_posed = torch.addmm(v_shaped, pose_feature, self.pose_dirs).reshape(batch, -1, 3)
 
-        # Forward kinematics: world rotation and translation of every joint.
-        world_rot, world_t = [rots[:, 0]], [joints[:, 0]]
-        for i in range(1, self.num_joints):
-            parent = self.parents[i]
-            world_rot.append(world_rot[parent] @ rots[:, i])
-            offset = (joints[:, i] - joints[:, parent])[..., None]
-            world_t.append(world_t[parent] + (world_rot[parent] @ offset)[..., 0])
-        world_rot = torch.stack(world_rot, dim=1)  # (B,J,3,3)
-        posed_joints = torch.stack(world_t, dim=1)  # (B,J,3)
+        world_rot, posed_joints = forward_kinematics(rots, joints, self.parents)
         # Skinning transform of joint j maps rest-pose x to R_j (x - J_j) + T_j.
         rel_t = posed_joints - (world_rot @ joints[..., None])[..., 0]
         planar = blend_skinning(v_posed.transpose(1, 2), world_rot, rel_t, self.lbs_weights_t)
