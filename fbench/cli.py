@@ -305,9 +305,11 @@ def synth(dataset: str, out: Path, n: int | None, seed: int, corrupt: int, flame
 def demo(out: Path, flame: Path | None) -> None:
     """Run fbench end to end on the synthetic default (no licensed data needed).
 
-    Generates (or loads) the FLAME model, decodes a few expressions and poses to meshes,
-    and renders them with SMIRK's shading. Results on the synthetic model are labelled
-    synthetic and are not comparable with published numbers.
+    Generates (or loads) the FLAME model, decodes a few expressions and poses to meshes and
+    renders them with SMIRK's shading; writes a miniature AffectNet in its real layout and
+    preps it into shards; writes a miniature FaMoS and fits FLAME to it, exporting SMIRK's
+    expression templates. Results on synthetic data are labelled synthetic and are not
+    comparable with published numbers.
 
     \b
     Example:
@@ -330,7 +332,7 @@ def demo(out: Path, flame: Path | None) -> None:
     np.savez(out / "params.npz", **{k: v.numpy() for k, v in params.as_dict().items()})
     for i, name in enumerate(poses):
         write_mesh(out / f"{name}.obj", Mesh(vertices=output.vertices[i].numpy(), faces=model.faces.numpy(), units="m"))
-    click.echo(f"[1/2] FLAME forward: {len(poses)} meshes ({model.num_vertices} vertices) -> {out}/*.obj")
+    click.echo(f"[1/4] FLAME forward: {len(poses)} meshes ({model.num_vertices} vertices) -> {out}/*.obj")
 
     from fbench.render import render_flame, save_png, smirk_renderer_for
 
@@ -338,7 +340,22 @@ def demo(out: Path, flame: Path | None) -> None:
         images = render_flame(model, params, smirk_renderer_for(model, "face"))["rendered_img"]
     for name, image in zip(poses, images):
         save_png(image, out / f"{name}.png")
-    click.echo(f"[2/2] SMIRK render: {len(poses)} images (224x224) -> {out}/*.png")
+    click.echo(f"[2/4] SMIRK render: {len(poses)} images (224x224) -> {out}/*.png")
+
+    # The researcher's commands, as they would type them, on miniature synthetic datasets.
+    from fbench.synth import write_synthetic_dataset
+
+    pipelines = registry("pipelines")
+    affectnet = write_synthetic_dataset("affectnet", out / "data" / "AffectNet", n=16, corrupt=1, flame=model)
+    run = lambda command, *args: command.main([str(a) for a in args], standalone_mode=False)  # noqa: E731
+    run(pipelines.get("affectnet").command, "--root", affectnet.root, "--out", out / "shards",
+        "--landmarks", "annotations")
+    click.echo(f"[3/4] fbench prep affectnet: shards in {out / 'shards' / 'affectnet'} "
+               f"(one file corrupted on purpose, logged in rejects.jsonl)")
+    famos = write_synthetic_dataset("famos", out / "data" / "FaMoS", n=1, flame=model)
+    run(pipelines.get("famos").command, "--root", famos.root, "--out", out / "fits", "--stride", 10,
+        "--export-templates", out / "templates", *(["--flame", flame] if flame else []))
+    click.echo(f"[4/4] fbench fit-flame famos: fits in {out / 'fits'}, SMIRK templates in {out / 'templates'}")
     click.echo(f"demo finished: outputs in {out} (synthetic FLAME: {model.flame_source.synthetic})")
 
 

@@ -98,3 +98,19 @@ def test_flame_decode_unknown_key(tmp_path, flame_dir):
     result = CliRunner().invoke(main, ["flame", "decode", "--flame", str(flame_dir), "--params",
                                        str(tmp_path / "p.npz"), "--out", str(tmp_path / "m.obj")])
     assert result.exit_code == 1 and "unknown FLAME parameter" in result.output
+
+
+def test_demo_runs_end_to_end(tmp_path, flame_dir):
+    import json
+
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--flame", str(flame_dir)])
+    assert result.exit_code == 0, result.output
+    for name in ("neutral", "expression", "jaw_open", "eyes_closed", "head_turn"):
+        assert (out / f"{name}.obj").is_file() and (out / f"{name}.png").is_file()
+    manifest = json.loads((out / "shards" / "affectnet" / "manifest.json").read_text())
+    rejects = (out / "shards" / "affectnet" / "rejects.jsonl").read_text().splitlines()
+    assert len(rejects) == 1  # the one file the demo corrupts on purpose
+    samples = sum(split["samples"] for split in manifest["counts"].values())
+    assert samples + len(rejects) == 16, manifest["counts"]
+    assert (out / "fits" / "fits.h5").is_file() and list((out / "templates").rglob("*.npy"))
