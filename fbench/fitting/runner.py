@@ -73,14 +73,9 @@ def load_flame_for_fitting(flame: Path | None):
     """float64 FLAME, announced on stderr (synthetic results are never FLAME2020's)."""
     import torch
 
-    from fbench.flame import FlameFileError, load_flame
+    from fbench.cli import load_flame_announced
 
-    try:
-        model = load_flame(flame, n_shape=300, n_exp=100, dtype=torch.float64)
-    except FlameFileError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"FLAME: {model.flame_source.describe()}", err=True)
-    return model
+    return load_flame_announced(flame, n_shape=300, n_exp=100, dtype=torch.float64)
 
 
 def strided(items: list, stride: int) -> list:
