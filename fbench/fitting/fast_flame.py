@@ -23,12 +23,6 @@ from fbench.flame import FLAME
 from fbench.flame.model import axis_angle_to_matrix, barycentric_points, blend_skinning, forward_kinematics
 
 
-def _planar(dirs: Tensor, num_vertices: int) -> Tensor:
-    """(K, V*3) interleaved x,y,z per vertex -> (K, 3*V) planar: all x, then all y, then all z."""
-    k = dirs.shape[0]
-    return dirs.reshape(k, num_vertices, 3).transpose(1, 2).reshape(k, 3 * num_vertices).contiguous()
-
-
 class FittingFlame(nn.Module):
     """Vertices of one subject (fixed ``shape``) from per-frame pose and expression, float64 by default.
 
@@ -52,17 +46,17 @@ class FittingFlame(nn.Module):
             coeff[: s.numel()] = s
         blend = flame.blend_dirs.to(torch.float64)
         joints = flame.joint_dirs.to(torch.float64)
-        template = flame.v_template.to(torch.float64).reshape(1, -1) + coeff @ blend[:n_shape]
+        template = flame.template_planar.to(torch.float64)[None] + coeff @ blend[:n_shape]  # FLAME's dirs are planar
         joint_template = flame.joint_template.to(torch.float64).reshape(-1) + coeff @ joints[:n_shape]
-        self.register_buffer("template", _planar(template, v)[0].to(dtype))  # (3V,) planar
+        self.register_buffer("template", template[0].to(dtype))  # (3V,) planar
         self.register_buffer("joint_template", joint_template.to(dtype))  # (J*3,)
-        self.register_buffer("expr_dirs", _planar(blend[n_shape:n_shape + n_exp], v).to(dtype))  # (E, 3V)
+        self.register_buffer("expr_dirs", blend[n_shape:n_shape + n_exp].to(dtype).contiguous())  # (E, 3V)
         self.register_buffer("expr_joint_dirs", joints[n_shape:n_shape + n_exp].to(dtype).contiguous())  # (E, J*3)
         # With free_shape the identity stays a variable (joint fits): shape bases kept, added per call.
         self.n_shape = n_shape if free_shape else 0
-        self.register_buffer("shape_dirs", _planar(blend[:self.n_shape], v).to(dtype))
+        self.register_buffer("shape_dirs", blend[:self.n_shape].to(dtype).contiguous())
         self.register_buffer("shape_joint_dirs", joints[:self.n_shape].to(dtype).contiguous())
-        self.register_buffer("pose_dirs", _planar(flame.pose_dirs.to(torch.float64), v).to(dtype))
+        self.register_buffer("pose_dirs", flame.pose_dirs.to(dtype))
         self.register_buffer("lbs_weights_t", flame.lbs_weights.to(dtype).T.contiguous())  # (J, V)
         self.register_buffer("faces", flame.faces)
         self.register_buffer("lmk_vertices", flame.full_lmk_vertices)

@@ -111,17 +111,19 @@ class FLAME(nn.Module):
                                assets.shapedirs[:, :, assets.num_shape:assets.num_shape + self.n_exp]], axis=2)
         self.register_buffer("v_template", t(assets.v_template))
         self.register_buffer("faces", idx(assets.faces))
-        # (K, V*3) so that blendshapes are one (B,K) @ (K,V*3) product.
-        self.register_buffer("blend_dirs", t(dirs.reshape(v * 3, -1).T))
+        # Vertex quantities are planar inside the forward pass (all x, then all y, then all z:
+        # see blend_skinning). Blendshapes are one (B,K) @ (K,3V) product.
+        self.register_buffer("template_planar", t(assets.v_template.T.reshape(-1)))
+        self.register_buffer("blend_dirs", t(dirs.transpose(2, 1, 0).reshape(-1, 3 * v)))
         self.register_buffer("joint_template", t(assets.j_regressor @ assets.v_template))
         self.register_buffer("joint_dirs", t(np.einsum("jv,vck->kjc", assets.j_regressor, dirs).reshape(-1, j * 3)))
-        self.register_buffer("pose_dirs", t(assets.posedirs.reshape(v * 3, -1).T))  # (9*(J-1), V*3)
+        self.register_buffer("pose_dirs", t(assets.posedirs.transpose(2, 1, 0).reshape(-1, 3 * v)))  # (9(J-1), 3V)
         self.register_buffer("lbs_weights", t(assets.weights))
         self.register_buffer("lbs_weights_t", t(assets.weights.T))  # (J,V) for planar skinning
         self.parents = [int(p) for p in assets.parents]
-        unit_offsets = np.tile(np.eye(3), (1, v))  # row k moves every vertex by the k-th unit vector
+        unit_offsets = np.kron(np.eye(3), np.ones((1, v)))  # row k moves every vertex by the k-th unit vector
         self.register_buffer("post_skinning_dirs", t(np.concatenate(
-            [assets.l_eyelid.reshape(1, -1), assets.r_eyelid.reshape(1, -1), unit_offsets])))
+            [assets.l_eyelid.T.reshape(1, -1), assets.r_eyelid.T.reshape(1, -1), unit_offsets])))
 
         faces = assets.faces
         self.register_buffer("static_lmk_vertices", idx(faces[assets.static_lmk_faces]))
@@ -169,7 +171,7 @@ class FLAME(nn.Module):
         coeffs = torch.cat([self._pad(p.shape, self.n_shape, "shape"),
                             self._pad(p.expression, self.n_exp, "expression")], dim=1)
 
-        v_shaped = torch.addmm(self.v_template.reshape(1, -1), coeffs, self.blend_dirs)  # (B, V*3)
+        v_shaped = torch.addmm(self.template_planar[None], coeffs, self.blend_dirs)  # (B, 3V) planar
         joints = torch.addmm(self.joint_template.reshape(1, -1), coeffs, self.joint_dirs).reshape(batch, -1, 3)
 
         # FLAME's pose vector: global, neck, jaw, left eye, right eye.
@@ -177,18 +179,18 @@ class FLAME(nn.Module):
         rots = axis_angle_to_matrix(pose)  # (B,J,3,3)
         eye = torch.eye(3, dtype=dtype, device=device)
         pose_feature = (rots[:, 1:] - eye).reshape(batch, -1)
-        v_posed = torch.addmm(v_shaped, pose_feature, self.pose_dirs).reshape(batch, -1, 3)
+        v_posed = torch.addmm(v_shaped, pose_feature, self.pose_dirs).reshape(batch, 3, -1)
 
         world_rot, posed_joints = forward_kinematics(rots, joints, self.parents)
         # Skinning transform of joint j maps rest-pose x to R_j (x - J_j) + T_j.
         rel_t = posed_joints - (world_rot @ joints[..., None])[..., 0]
-        planar = blend_skinning(v_posed.transpose(1, 2), world_rot, rel_t, self.lbs_weights_t)
-        vertices = planar.transpose(1, 2)
+        planar = blend_skinning(v_posed, world_rot, rel_t, self.lbs_weights_t)
 
         # Eyelids are added after skinning, as SMIRK does (src/FLAME/FLAME.py), and then the
         # translation: both linear, so one product with [l_eyelid; r_eyelid; unit x/y/z offsets].
         post = torch.cat([p.eyelids, p.translation], dim=1)
-        vertices = torch.addmm(vertices.reshape(batch, -1), post, self.post_skinning_dirs).reshape(batch, -1, 3)
+        planar = torch.addmm(planar.reshape(batch, -1), post, self.post_skinning_dirs).reshape(batch, 3, -1)
+        vertices = planar.transpose(1, 2).contiguous()
         posed_joints = posed_joints + p.translation[:, None]
 
         # All landmark sets in one gather (its backward is one scatter into a (B,V,3) zero tensor).
