@@ -27,3 +27,20 @@ def flame_assets(flame_dir: Path):
     from fbench.flame import load_flame_assets
 
     return load_flame_assets(flame_dir)
+
+
+def shared_synthetic(tmp_path_factory: pytest.TempPathFactory, name: str, flame, n: int, seed: int, corrupt: int):
+    """A synthetic dataset written once per session and shared by every test module that asks
+    for the same (name, n, seed, corrupt); readers must not modify it. The writer's result is
+    kept beside it in synth_result.json."""
+    import json
+
+    from fbench.synth import SynthResult, writer
+
+    root = tmp_path_factory.getbasetemp() / f"shared-synth-{name}-n{n}-seed{seed}-corrupt{corrupt}"
+    done = root / "synth_result.json"
+    if not done.is_file():
+        result = writer(name).write(root, n=n, seed=seed, corrupt=corrupt, flame=flame)
+        done.write_text(json.dumps({"counts": result.counts, "corrupted": result.corrupted}))
+    meta = json.loads(done.read_text())
+    return SynthResult(root=root, counts=meta["counts"], corrupted=meta["corrupted"])

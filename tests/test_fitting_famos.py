@@ -3,13 +3,13 @@ failures logged, SMIRK templates, resumption, plugin protocol."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_synthetic
 import torch
 from click.testing import CliRunner
 
@@ -17,7 +17,7 @@ from fbench.fitting.store import read_fits
 from fbench.flame import FLAME, FlameParams
 from fbench.registry import SPECS, check_plugin
 from fbench.safe_pickle import safe_load_npy
-from fbench.synth import SynthResult, famos
+from fbench.synth import SynthResult
 from fbench.synth.files import truncate_file
 from fbench.synth.ground_truth import read_ground_truth
 from pipelines.famos import PIPELINE, command
@@ -31,15 +31,8 @@ def flame64(flame_dir: Path) -> FLAME:
 
 
 def shared_famos(tmp_path_factory: pytest.TempPathFactory, flame: FLAME) -> SynthResult:
-    """The session's synthetic FaMoS (n=1, seed 3, corrupt 4), written once and shared with
-    test_synth_famos.py (same helper there); readers must not modify it."""
-    root = tmp_path_factory.getbasetemp() / "shared-synth-famos-n1-seed3-corrupt4"
-    done = root / "synth_result.json"
-    if not done.is_file():
-        result = famos.write(root, n=1, seed=3, corrupt=4, flame=flame)
-        done.write_text(json.dumps({"counts": result.counts, "corrupted": result.corrupted}))
-    meta = json.loads(done.read_text())
-    return SynthResult(root=root, counts=meta["counts"], corrupted=meta["corrupted"])
+    """The session's synthetic famos (n=1, seed=3, corrupt=4), shared with the other famos test module."""
+    return shared_synthetic(tmp_path_factory, "famos", flame, n=1, seed=3, corrupt=4)
 
 
 @pytest.fixture(scope="module")

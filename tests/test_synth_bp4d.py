@@ -3,13 +3,13 @@ data_cards/bp4d.yaml; the ground-truth transform maps the GT FLAME mesh onto the
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from conftest import shared_synthetic
 import torch
 import yaml
 from PIL import Image
@@ -56,15 +56,8 @@ def flame(flame_dir: Path) -> FLAME:
 
 
 def shared_bp4d(tmp_path_factory: pytest.TempPathFactory, flame: FLAME) -> SynthResult:
-    """The session's synthetic BP4D (n=2, seed 5, corrupt 4), written once and shared with
-    test_fitting_bp4d.py (same helper there); readers must not modify it."""
-    root = tmp_path_factory.getbasetemp() / "shared-synth-bp4d-n2-seed5-corrupt4"
-    done = root / "synth_result.json"
-    if not done.is_file():
-        result = bp4d.write(root, n=2, seed=5, corrupt=4, flame=flame)
-        done.write_text(json.dumps({"counts": result.counts, "corrupted": result.corrupted}))
-    meta = json.loads(done.read_text())
-    return SynthResult(root=root, counts=meta["counts"], corrupted=meta["corrupted"])
+    """The session's synthetic bp4d (n=2, seed=5, corrupt=4), shared with the other bp4d test module."""
+    return shared_synthetic(tmp_path_factory, "bp4d", flame, n=2, seed=5, corrupt=4)
 
 
 @pytest.fixture(scope="module")

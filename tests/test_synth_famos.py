@@ -3,13 +3,13 @@ and the ground truth reproduces the files (FLAME(params) == registration; scans 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from conftest import shared_synthetic
 import torch
 import yaml
 
@@ -57,15 +57,8 @@ def flame(flame_dir: Path) -> FLAME:
 
 
 def shared_famos(tmp_path_factory: pytest.TempPathFactory, flame: FLAME) -> SynthResult:
-    """The session's synthetic FaMoS (n=1, seed 3, corrupt 4), written once and shared with
-    test_fitting_famos.py (same helper there); readers must not modify it."""
-    root = tmp_path_factory.getbasetemp() / "shared-synth-famos-n1-seed3-corrupt4"
-    done = root / "synth_result.json"
-    if not done.is_file():
-        result = famos.write(root, n=1, seed=3, corrupt=4, flame=flame)
-        done.write_text(json.dumps({"counts": result.counts, "corrupted": result.corrupted}))
-    meta = json.loads(done.read_text())
-    return SynthResult(root=root, counts=meta["counts"], corrupted=meta["corrupted"])
+    """The session's synthetic famos (n=1, seed=3, corrupt=4), shared with the other famos test module."""
+    return shared_synthetic(tmp_path_factory, "famos", flame, n=1, seed=3, corrupt=4)
 
 
 @pytest.fixture(scope="module")
