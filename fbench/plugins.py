@@ -1,0 +1,128 @@
+"""The plugin types every registry holds, and the protocols methods and benchmarks meet.
+
+- `PipelinePlugin` (group `fbench.pipelines`): a dataset pipeline, mounted as
+  `fbench prep <name>` (stage "prep") or `fbench fit-flame <name>` (stage "fit").
+  The plugin object is light: its `command` is built lazily by `make_command`, so listing
+  pipelines or filtering them by stage never imports a pipeline's readers.
+- `MethodPlugin` (group `fbench.methods`): `build(config) -> Reconstructor`,
+  `from_checkpoint(path) -> Reconstructor`, `task(config) -> TrainingTask`.
+- `BenchmarkPlugin` (group `fbench.benchmarks`): `evaluate(method, data_root, out_dir, config)`.
+
+The registry checks these types (fbench/registry.py); the contract tests in
+tests/test_contracts.py run every installed plugin through its protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # keep `import fbench.plugins` free of torch and click
+    import click
+    from torch import Tensor
+
+    from fbench.flame.params import FlameParams
+
+PIPELINE_STAGES = ("prep", "fit")
+LANDMARK_SOURCES = ("mediapipe", "fan", "any")
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """How a method wants its input face cut: a square around a landmark box.
+
+    side = `scale` x the mean of the landmark extent's width and height, centred on the
+    extent's centre (SMIRK's `crop_face`), resized to `size` x `size` RGB in [0, 1].
+    `landmarks` says which detector's points define the box ("any": MediaPipe, else FAN).
+    The one function that applies it is `fbench.landmarks.crop.crop_for_method`.
+    """
+
+    size: int = 224
+    scale: float = 1.4
+    landmarks: str = "mediapipe"
+
+    def __post_init__(self) -> None:
+        if self.size < 16 or not self.scale > 0 or self.landmarks not in LANDMARK_SOURCES:
+            raise ValueError(f"bad CropSpec {self}: size >= 16, scale > 0, landmarks in {LANDMARK_SOURCES}")
+
+
+@runtime_checkable
+class Reconstructor(Protocol):
+    """What a method's model offers to benchmarks, `fbench reconstruct` and the demo."""
+
+    crop: CropSpec
+    n_exp: int
+
+    def reconstruct(self, images: "Tensor") -> "FlameParams":
+        """(B, 3, H, W) RGB in [0, 1], cut with `crop` -> FlameParams with batch B."""
+        ...
+
+
+@runtime_checkable
+class TrainingTask(Protocol):
+    """What `fbench train <method>` drives with the core training loop (fbench/train/).
+
+    The loop owns devices, seeding, steps, schedules, checkpoints, logs and DDP; the
+    task owns the model, its optimisers and one step of its recipe (it calls backward
+    and steps its own optimisers, since some methods alternate several).
+    """
+
+    def modules(self) -> Mapping[str, Any]: ...
+
+    def configure_optimizers(self) -> Mapping[str, Any]: ...
+
+    def training_step(self, batch: Any, step: int) -> Mapping[str, float]: ...
+
+
+@dataclass(frozen=True)
+class PipelinePlugin:
+    """A dataset pipeline: `fbench prep <name>` or `fbench fit-flame <name>`.
+
+    `make_command` returns the click command; it is called on first use of `command`,
+    so a pipeline module can declare its plugin without importing its readers.
+    """
+
+    name: str
+    summary: str
+    stage: str
+    make_command: Callable[[], "click.Command"] = field(repr=False)
+    synth: str | None = None  # the `fbench synth` dataset that writes this pipeline's layout
+
+    def __post_init__(self) -> None:
+        if self.stage not in PIPELINE_STAGES:
+            raise ValueError(f"pipeline {self.name!r}: stage must be one of {PIPELINE_STAGES}, got {self.stage!r}")
+
+    @property
+    def command(self) -> "click.Command":
+        cache = self.__dict__.setdefault("_command_cache", [])
+        if not cache:
+            cache.append(self.make_command())
+        return cache[0]
+
+
+@dataclass(frozen=True)
+class MethodPlugin:
+    """A reconstruction method (SMIRK, TEASER, FIELDS, ...)."""
+
+    name: str
+    summary: str
+    config: type  # a dataclass; `fbench.config.load_config(config, file, overrides)` fills it
+    build: Callable[[Any], Reconstructor]
+    from_checkpoint: Callable[[Path], Reconstructor]
+    task: Callable[[Any], TrainingTask] | None = None  # None: the method cannot be trained by fbench
+    checkpoint_asset: str | None = None  # name in fbench.assets of its released checkpoint
+
+
+@dataclass(frozen=True)
+class BenchmarkPlugin:
+    """A benchmark: `fbench eval <name> --method M`; reaches methods only through the registry."""
+
+    name: str
+    summary: str
+    config: type
+    evaluate: Callable[[Reconstructor, Path, Path, Any], Mapping[str, Any]]
+    dataset: str | None = None  # the catalogued dataset (fbench.assets) whose root is the default --root
+
+
+PLUGIN_TYPES = {"pipelines": PipelinePlugin, "methods": MethodPlugin, "benchmarks": BenchmarkPlugin}
