@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # keep `import fbench.plugins` free of torch and click
     import click
@@ -47,6 +47,20 @@ class CropSpec:
             raise ValueError(f"bad CropSpec {self}: size >= 16, scale > 0, landmarks in {LANDMARK_SOURCES}")
 
 
+@dataclass(frozen=True)
+class ItemRef:
+    """Where an image came from: dataset name, path relative to the dataset root, video frame.
+
+    Benchmarks pass these beside the images. A real method must ignore them (it sees pixels
+    only); they exist for reference methods that read ground truth (the `oracle`) and for
+    caches keyed by item.
+    """
+
+    dataset: str
+    source: str
+    frame: int = -1
+
+
 @runtime_checkable
 class Reconstructor(Protocol):
     """What a method's model offers to benchmarks, `fbench reconstruct` and the demo."""
@@ -54,8 +68,8 @@ class Reconstructor(Protocol):
     crop: CropSpec
     n_exp: int
 
-    def reconstruct(self, images: "Tensor") -> "FlameParams":
-        """(B, 3, H, W) RGB in [0, 1], cut with `crop` -> FlameParams with batch B."""
+    def reconstruct(self, images: "Tensor", items: "Sequence[ItemRef] | None" = None) -> "FlameParams":
+        """(B, 3, H, W) RGB in [0, 1], cut with `crop` -> FlameParams with batch B (on the CPU)."""
         ...
 
 
