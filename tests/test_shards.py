@@ -260,7 +260,7 @@ def test_npy_members_refuse_pickles(tmp_path: Path) -> None:
 
 
 def test_merge_manifests_needs_every_part(tmp_path: Path) -> None:
-    from fbench.shards.io import atomic_write_json
+    from fbench.io import atomic_write_json
 
     base = {"format": "fbench-shards", "dataset": "ds", "identity": "abc", "splits": ["train"],
             "units": {"plan": 2, "here": 1}, "counts": {"train": {}}, "shards": []}

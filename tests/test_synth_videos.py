@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 
 from fbench.synth import lrs3, mead
 from fbench.synth.faces import Appearance, Camera, background_image, camera_landmarks68, render_photo, syllable_jaw
-from fbench.synth.files import atomic_path, choose_corrupted, truncate_file
+from fbench.io import atomic_path
+from fbench.synth.files import choose_corrupted, truncate_file
 from fbench.synth.video import corrupt_video, write_h264
 
 CARDS = Path(__file__).resolve().parents[1] / "data_cards"

@@ -44,6 +44,8 @@ import h5py
 import numpy as np
 import yaml
 
+from fbench.io import atomic_path, atomic_write_json, atomic_write_text
+
 FITS_FILE = "fits.h5"
 SUMMARY_FILE = "summary.csv"
 FAILURES_FILE = "failures.jsonl"
@@ -88,16 +90,8 @@ class SequenceFit:
 
 
 def _atomic_h5(path: Path, fill) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            fill(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        fill(f)
 
 
 def _write_sequence(group: h5py.Group, fit: SequenceFit) -> None:
@@ -305,11 +299,7 @@ class FitStore:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-        path = self.out / SUMMARY_FILE
-        fd, tmp = tempfile.mkstemp(prefix=".summary.", suffix=".tmp", dir=self.out)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(buffer.getvalue())
-        os.replace(tmp, path)
+        atomic_write_text(self.out / SUMMARY_FILE, buffer.getvalue())
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:
@@ -367,10 +357,7 @@ def export_templates(fits: dict[tuple[str, str], SequenceFit], out_dir: str | Pa
             os.replace(tmp, target / f"{int(frame):06d}.npy")
             count += 1
         manifest["sequences"][f"{subject}/{sequence}"] = len(fit)
-    fd, tmp = tempfile.mkstemp(prefix="manifest.", suffix=".json", dir=tmp_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=1, sort_keys=True)
-    os.replace(tmp, out / "templates_manifest.json")
+    atomic_write_json(out / "templates_manifest.json", manifest)
     try:
         tmp_dir.rmdir()
     except OSError:

@@ -33,19 +33,19 @@ import copyreg
 import functools
 import io
 import json
-import os
 import pickle
 import struct
 import sys
-import tempfile
 import types
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 import scipy.sparse as sp
+
+from fbench.io import atomic_write
 
 from fbench.flame.synthetic_geometry import EYEBALL_RADIUS, HeadGeometry, build_geometry
 from fbench.flame.synthetic_landmarks import SMIRK_MEDIAPIPE_INDICES, Embedding, LandmarkSet, build_landmarks
@@ -183,21 +183,6 @@ def _dump_with_chumpy(obj: Any, fh: BinaryIO) -> None:
                 sys.modules[name] = previous
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write via a temporary file in the same directory, then rename over the target."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _model_dict(m: SyntheticFlame) -> dict[str, Any]:
     g, rig = m.geometry, m.rig
     reg = sp.csc_matrix(rig.j_regressor, dtype=np.float64)
@@ -283,19 +268,19 @@ def write_synthetic_flame(out_dir: str | Path, seed: int = 0) -> Path:
     m = build_synthetic_flame(int(seed))
     rig, lm = m.rig, m.landmarks
 
-    _atomic_write(out / "generic_model.pkl", lambda fh: _dump_with_chumpy(_model_dict(m), fh))
-    _atomic_write(out / "landmark_embedding.npy", lambda fh: _save_npy_with_tensors(fh, _landmark_dict(m)))
-    _atomic_write(out / "mediapipe_landmark_embedding.npz", lambda fh: _write_npz(fh, {
+    atomic_write(out / "generic_model.pkl", lambda fh: _dump_with_chumpy(_model_dict(m), fh))
+    atomic_write(out / "landmark_embedding.npy", lambda fh: _save_npy_with_tensors(fh, _landmark_dict(m)))
+    atomic_write(out / "mediapipe_landmark_embedding.npz", lambda fh: _write_npz(fh, {
         "lmk_face_idx": lm.mediapipe.faces.astype(np.uint32),
         "lmk_b_coords": lm.mediapipe.bary.astype(np.float64),
         "landmark_indices": lm.mediapipe_indices.astype(np.int64),
     }))
     masks = {name: np.asarray(rig.masks[name], dtype=np.int64) for name in sorted(MASK_NAMES)}
-    _atomic_write(out / "FLAME_masks.pkl", lambda fh: pickle.dump(masks, fh, protocol=2))
-    _atomic_write(out / "l_eyelid.npy", lambda fh: np.save(fh, rig.l_eyelid.astype(np.float64)))
-    _atomic_write(out / "r_eyelid.npy", lambda fh: np.save(fh, rig.r_eyelid.astype(np.float64)))
+    atomic_write(out / "FLAME_masks.pkl", lambda fh: pickle.dump(masks, fh, protocol=2))
+    atomic_write(out / "l_eyelid.npy", lambda fh: np.save(fh, rig.l_eyelid.astype(np.float64)))
+    atomic_write(out / "r_eyelid.npy", lambda fh: np.save(fh, rig.r_eyelid.astype(np.float64)))
     marker = {"generator": GENERATOR, "version": SYNTHETIC_VERSION, "seed": int(seed),
               "num_vertices": m.num_vertices, "num_faces": m.num_faces}
-    _atomic_write(out / SYNTHETIC_MARKER,
+    atomic_write(out / SYNTHETIC_MARKER,
                   lambda fh: fh.write((json.dumps(marker, sort_keys=True, indent=2) + "\n").encode()))
     return out

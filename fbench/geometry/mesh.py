@@ -22,14 +22,14 @@ Units: FLAME meshes are in metres, scans and MultiFace meshes in millimetres. A
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from fbench.io import atomic_write
 
 Units = Literal["m", "mm"]
 _METRES_PER_UNIT: dict[str, float] = {"m": 1.0, "mm": 1e-3}
@@ -174,24 +174,6 @@ def _check_indices(idx: Any, n: int, name: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through a temp file in the target folder, then rename (never a half file)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-        # mkstemp makes the file private (0600); give it the mode open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _fan(polys: list[list[int]]) -> list[list[int]]:
     return [[p[0], p[i], p[i + 1]] for p in polys for i in range(1, len(p) - 1)]
 
@@ -309,7 +291,7 @@ def _write_obj(path: PathLike, mesh: Mesh) -> None:
     else:
         parts.append(_fmt_rows(f1, "f", "%d"))
     text = "".join(parts)
-    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 # ------------------------------------------------------------------------------- PLY
@@ -445,7 +427,7 @@ def _write_ply(path: PathLike, mesh: Mesh, binary: bool) -> None:
         maintain_order=True,
     )
     data = export_ply(tm, encoding="binary" if binary else "ascii")
-    _atomic_write(path, lambda fh: fh.write(data))
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 # ------------------------------------------------------------------------- public API
@@ -561,7 +543,7 @@ def write_multiface_bin(path: PathLike, vertices: Any) -> None:
     if not np.isfinite(v).all():
         raise MeshError("vertices contain NaN or infinite values", path)
     data = v.astype("<f4").tobytes()
-    _atomic_write(path, lambda fh: fh.write(data))
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def read_multiface_transform(path: PathLike) -> np.ndarray:
@@ -599,4 +581,4 @@ def write_multiface_transform(path: PathLike, matrix: Any) -> None:
     if m.shape != (3, 4) or not np.isfinite(m).all():
         raise MeshError(f"transform must be a finite (3, 4) matrix, got shape {m.shape}", path)
     text = "".join(" ".join("%.17g" % x for x in row) + "\n" for row in m)
-    _atomic_write(path, lambda fh: fh.write(text.encode("ascii")))
+    atomic_write(path, lambda fh: fh.write(text.encode("ascii")))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from fbench.io import atomic_write
 
 from .smirk import render_flame, smirk_renderer_for
 
@@ -19,15 +19,7 @@ def save_png(image: Tensor, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     array = (image.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(array).save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda handle: Image.fromarray(array).save(handle, format="PNG"))
 
 
 def render_params_file(params_path: str | Path, out_png: str | Path, flame: nn.Module | None = None,

@@ -248,7 +248,7 @@ def write_inspection(sample, png: Path) -> None:
     import cv2
 
     from fbench.landmarks.draw import COLORS, draw_points
-    from fbench.shards.io import atomic_write_bytes
+    from fbench.io import atomic_write_bytes
 
     image = draw_points(sample.image, sample.mp, COLORS["mp"], radius=1)
     image = draw_points(image, sample.fan, COLORS["fan"], radius=2)
@@ -273,7 +273,7 @@ def merge_manifests_command(paths: tuple[Path, ...], out: Path | None) -> None:
     Example:
       fbench shards merge-manifests shards/lrs3
     """
-    from fbench.shards.io import atomic_write_json, atomic_write_lines, dumps_json
+    from fbench.io import atomic_write_json, atomic_write_lines, dumps_json
     from fbench.shards.manifest import MANIFEST, REJECTS, ManifestError, find_parts, merge_manifests
 
     files: list[Path] = []

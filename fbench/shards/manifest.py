@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from fbench.shards.io import read_json
+from fbench.io import read_json
 from fbench.shards.schema import SCHEMA_VERSION
 
 MANIFEST = "manifest.json"

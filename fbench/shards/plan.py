@@ -17,7 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
-from fbench.shards.io import atomic_write_json, dumps_json, read_json
+from fbench.io import atomic_write_json, dumps_json, read_json
 from fbench.shards.keys import resolve_in_root, safe_key
 from fbench.shards.media import InputError, probe_video_frames
 from fbench.shards.source import SourceItem

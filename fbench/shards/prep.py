@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from fbench.landmarks.annotate import LandmarkConfig
-from fbench.shards.io import atomic_write_json, atomic_write_lines, dumps_json, read_json
+from fbench.io import atomic_write_json, atomic_write_lines, dumps_json, read_json
 from fbench.shards.keys import check_dataset_name
 from fbench.shards.media import InputError
 from fbench.shards.plan import Plan, PlanError, Unit, check_unique_keys, count_video_frames, plan_units

@@ -37,7 +37,8 @@ from PIL import Image
 from fbench.flame import FLAME, FlameParams
 from fbench.synth import SynthResult
 from fbench.synth.faces import PoseRanges, sample_params, smooth_trajectory
-from fbench.synth.files import atomic_write_bytes, atomic_write_text, choose_corrupted, empty_file, truncate_file
+from fbench.io import atomic_write_bytes, atomic_write_text
+from fbench.synth.files import choose_corrupted, empty_file, truncate_file
 from fbench.synth.ground_truth import GroundTruthWriter
 from fbench.synth.remesh import SurfaceRemesh, remesh
 

@@ -43,7 +43,8 @@ from fbench.flame import FLAME
 from fbench.synth import SynthResult
 from fbench.synth.faces import (N_EXP, Appearance, Camera, PoseRanges, render_photo, sample_params, torch_threads,
                                 vertex_albedo)
-from fbench.synth.files import atomic_write_text, choose_corrupted, truncate_file
+from fbench.io import atomic_write_text
+from fbench.synth.files import choose_corrupted, truncate_file
 from fbench.synth.ground_truth import GroundTruthWriter
 from fbench.synth.images import (PHOTO_CONVENTIONS, photo_extras, restyle, similarity_camera,
                                  similarity_fit, write_jpeg)

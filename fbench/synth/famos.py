@@ -45,7 +45,8 @@ from fbench.synth.bp4d import (
     simulate_scan,
 )
 from fbench.synth.faces import PoseRanges, sample_params
-from fbench.synth.files import atomic_write_bytes, atomic_write_text, choose_corrupted, empty_file, truncate_file
+from fbench.io import atomic_write_bytes, atomic_write_text
+from fbench.synth.files import choose_corrupted, empty_file, truncate_file
 from fbench.synth.ground_truth import GroundTruthWriter
 from fbench.synth.remesh import remesh
 

@@ -1,51 +1,18 @@
-"""File helpers shared by the synthetic dataset writers: atomic writes and deliberate corruption.
+"""Deliberate corruption for the synthetic dataset writers.
 
-Every writer puts files in place atomically (temporary name in the same directory, then
-`os.replace`), so an interrupted run never leaves a half-written file that looks valid. The
-corruption helpers damage files *on purpose* (`fbench synth ... --corrupt K`) so the readers'
-robustness paths have material; they are deterministic for a given input.
+The helpers damage files *on purpose* (`fbench synth ... --corrupt K`) so the readers'
+robustness paths have material; they are deterministic for a given input. Writers put every
+file in place atomically through `fbench.io`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
-
-    The temporary name keeps the suffix (`.x.mp4.tmp.mp4`) so libraries that pick a format
-    from the extension still work.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
-def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
-    # newline="" so the bytes on disk are exactly `text` on every platform.
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding=encoding, newline="") as f:
-            f.write(text)
-    return Path(path)
+from fbench.io import atomic_write_bytes
 
 
 def empty_file(path: str | Path) -> Path:

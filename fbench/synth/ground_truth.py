@@ -17,7 +17,6 @@ Readers use `read_ground_truth`; the file is written atomically.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import h5py
 import numpy as np
 
 from fbench.flame.params import FlameParams
+from fbench.io import atomic_path
 
 GROUND_TRUTH_FILE = "fbench_ground_truth.h5"
 
@@ -72,9 +72,8 @@ class GroundTruthWriter:
 
     def write(self, root: str | Path) -> Path:
         path = Path(root) / GROUND_TRUTH_FILE
-        tmp = path.with_name(path.name + ".tmp")
         strings = h5py.string_dtype()
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             f.create_dataset("key", data=np.array([r["key"] for r in self._rows], dtype=object), dtype=strings)
             f.create_dataset("path", data=np.array([r["path"] for r in self._rows], dtype=object), dtype=strings)
             f.create_dataset("frame", data=np.array([r["frame"] for r in self._rows], dtype=np.int64))
@@ -85,7 +84,6 @@ class GroundTruthWriter:
                     f.create_dataset(name, data=np.stack([r["extras"][name] for r in self._rows]))
             f.attrs.update({"dataset": self.dataset, "seed": self.seed, "generator": "fbench.synth",
                             "synthetic": True, **self.attrs})
-        os.replace(tmp, path)
         return path
 
 

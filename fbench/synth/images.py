@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from fbench.synth.faces import Appearance, Camera, Rendered
-from fbench.synth.files import atomic_write_bytes
+from fbench.io import atomic_write_bytes
 
 PNG_COMPRESS_LEVEL = 6  # zlib level; fixed so the bytes do not depend on Pillow's default
 JPEG_SUBSAMPLING = 2  # Pillow's code for 4:2:0, the usual web/camera JPEG chroma subsampling

@@ -37,7 +37,8 @@ from fbench.flame import FLAME, FlameParams
 from fbench.synth import SynthResult
 from fbench.synth.faces import (Appearance, Camera, PoseRanges, background_image, frame_output, render_photo,
                                 sample_params, smooth_trajectory, syllable_jaw, torch_threads, vertex_albedo)
-from fbench.synth.files import atomic_write_text, choose_corrupted
+from fbench.io import atomic_write_text
+from fbench.synth.files import choose_corrupted
 from fbench.synth.ground_truth import GroundTruthWriter
 from fbench.synth.video import corrupt_video, write_h264
 

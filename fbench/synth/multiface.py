@@ -70,7 +70,8 @@ from fbench.geometry import (Mesh, read_multiface_transform, write_mesh, write_m
 from fbench.synth import SynthResult
 from fbench.synth.faces import (N_EXP, Appearance, Camera, PoseRanges, render_photo, sample_params, smooth_trajectory,
                                 vertex_albedo)
-from fbench.synth.files import atomic_write_bytes, atomic_write_text, truncate_file
+from fbench.io import atomic_write_bytes, atomic_write_text
+from fbench.synth.files import truncate_file
 from fbench.synth.ground_truth import GroundTruthWriter
 from fbench.synth.remesh import SurfaceRemesh, remesh
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from fbench.synth.files import atomic_path, empty_file, truncate_file
+from fbench.io import atomic_path
+from fbench.synth.files import empty_file, truncate_file
 
 CODEC = "libx264"
 DEFAULT_CRF = 18  # visually near-lossless; small files
