@@ -97,3 +97,82 @@ def get_asset(name: str) -> Asset:
         if asset.name == name:
             return asset
     raise KeyError(f"unknown asset {name!r}; known: {', '.join(a.name for a in ASSETS)}")
+
+
+# ------------------------------------------------------------------------------------ datasets
+
+DATA_ENV = "FBENCH_DATA"
+CONFIG_ENV = "FBENCH_CONFIG"
+
+
+def fbench_data() -> Path:
+    """Where datasets live by default: $FBENCH_DATA, else $FBENCH_HOME/data."""
+    return Path(os.environ.get(DATA_ENV) or fbench_home() / "data").expanduser()
+
+
+def user_config_file() -> Path:
+    """fbench's own settings file: $FBENCH_CONFIG, else $FBENCH_HOME/config.yaml."""
+    return Path(os.environ.get(CONFIG_ENV) or fbench_home() / "config.yaml").expanduser()
+
+
+class DatasetRootError(FileNotFoundError):
+    """A dataset's root is not where fbench looked; the message says where and what to do."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A catalogued dataset: its pipeline/benchmark name, default folder and where to get it.
+    The folder name is also in `data_cards/<name>.yaml` (`folder:`)."""
+
+    name: str
+    folder: str
+    source: str
+
+    def configured(self) -> tuple[Path, str]:
+        """(root, how it was chosen): a `datasets:` entry of the user config file, else
+        $FBENCH_DATA/<folder>."""
+        path = user_config_file()
+        if path.is_file():
+            import yaml
+
+            try:
+                settings = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise DatasetRootError(f"{path}: not valid YAML ({exc})") from None
+            entries = settings.get("datasets") if isinstance(settings, dict) else None
+            if isinstance(entries, dict) and entries.get(self.name):
+                return Path(str(entries[self.name])).expanduser(), f"datasets.{self.name} in {path}"
+        return fbench_data() / self.folder, f"${DATA_ENV}/{self.folder}"
+
+    def root(self, explicit: str | Path | None = None) -> Path:
+        """The dataset root: `explicit` (--root) when given, else the configured place; an error
+        that says where fbench looked and what to do when it is not a folder."""
+        if explicit is not None:
+            root, how = Path(explicit).expanduser(), "--root"
+        else:
+            root, how = self.configured()
+        if not root.is_dir():
+            raise DatasetRootError(
+                f"{self.name}: no dataset at {root} ({how}); pass --root DIR, set ${DATA_ENV} (folder "
+                f"{self.folder}/ inside it) or `datasets: {{{self.name}: DIR}}` in {user_config_file()}; "
+                f"`fbench synth {self.name} --out DIR` writes a synthetic miniature")
+        return root
+
+
+DATASETS: tuple[Dataset, ...] = (
+    Dataset("affectnet", "AffectNet", "http://mohammadmahoor.com/affectnet/ (by request, licence agreement)"),
+    Dataset("celeba", "CelebA", "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"),
+    Dataset("ffhq", "FFHQ", "https://github.com/NVlabs/ffhq-dataset"),
+    Dataset("lrs3", "LRS3", "https://www.robots.ox.ac.uk/~vgg/data/lip_reading/lrs3.html (licence agreement)"),
+    Dataset("mead", "MEAD", "https://wywu.github.io/projects/MEAD/MEAD.html"),
+    Dataset("famos", "FaMoS", "https://tempeh.is.tue.mpg.de/ (register; registrations archive)"),
+    Dataset("bp4d", "BP4D", "http://www.cs.binghamton.edu/~lijun/Research/3DFE/3DFE_Analysis.html (licence)"),
+    Dataset("multiface", "MultiFace", "https://github.com/facebookresearch/multiface (download script, v1)"),
+)
+
+
+def get_dataset(name: str) -> Dataset:
+    for dataset in DATASETS:
+        if dataset.name == name:
+            return dataset
+    raise KeyError(f"unknown dataset {name!r}; known: {', '.join(d.name for d in DATASETS)}")

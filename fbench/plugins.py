@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
-if TYPE_CHECKING:  # keep `import fbench.plugins` free of torch and click
-    import click
+if TYPE_CHECKING:  # keep `import fbench.plugins` free of torch
     from torch import Tensor
 
     from fbench.flame.params import FlameParams
@@ -100,7 +99,7 @@ class PipelinePlugin:
     name: str
     summary: str
     stage: str
-    make_command: Callable[[], "click.Command"] = field(repr=False)
+    make_command: Callable[[], Any] = field(repr=False)  # -> click.Command
     synth: str | None = None  # the `fbench synth` dataset that writes this pipeline's layout
 
     def __post_init__(self) -> None:
@@ -108,7 +107,7 @@ class PipelinePlugin:
             raise ValueError(f"pipeline {self.name!r}: stage must be one of {PIPELINE_STAGES}, got {self.stage!r}")
 
     @property
-    def command(self) -> "click.Command":
+    def command(self) -> Any:  # click.Command
         cache = self.__dict__.setdefault("_command_cache", [])
         if not cache:
             cache.append(self.make_command())

@@ -1,17 +1,15 @@
 """Plugin registries filled from entry points.
 
-Three groups, one registry each:
+Three groups, one registry each, holding the plugin types of `fbench/plugins.py`:
 
-- `fbench.pipelines`: dataset pipelines. A plugin has `name`, `summary`, `stage`
-  ("prep" for `fbench prep <name>`, "fit" for `fbench fit-flame <name>`) and `command`,
-  the click command mounted there.
-- `fbench.methods`: reconstruction methods (DESIGN.md's plugin protocol): `name`,
-  `summary`, `build(config)`, `from_checkpoint(path)` (models have
-  `reconstruct(images) -> FlameParams`) and `train_command` for `fbench train <name>`.
-- `fbench.benchmarks`: `name`, `summary` and `command` for `fbench eval <name>`.
+- `fbench.pipelines`: `PipelinePlugin` (`fbench prep <name>` or `fbench fit-flame <name>`);
+- `fbench.methods`: `MethodPlugin` (`fbench train <name>`, `--method <name>` of benchmarks);
+- `fbench.benchmarks`: `BenchmarkPlugin` (`fbench eval <name>`).
 
-A third-party distribution registers its own plugin by adding an entry point to one
-of these groups in its pyproject.toml; fbench's core never imports a plugin package.
+A third-party distribution registers its own plugin by adding an entry point to one of these
+groups in its pyproject.toml, pointing at an instance of the type; fbench's core never
+imports a plugin package. A loaded plugin of the wrong type, or whose name differs from its
+entry point, is refused with a `PluginError` that names the entry point.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from functools import cached_property
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Iterable
 
-PIPELINE_STAGES = ("prep", "fit")
+from fbench.plugins import PLUGIN_TYPES
 
 
 class PluginError(RuntimeError):
@@ -32,28 +30,19 @@ class PluginError(RuntimeError):
 class RegistrySpec:
     group: str
     kind: str  # "pipeline", "method", "benchmark"
-    required: tuple[str, ...]  # attributes every plugin of this kind must have
-    callables: tuple[str, ...]  # of which these must be callable
+    type: type  # the plugin type every entry point must resolve to
 
 
-SPECS = {
-    "pipelines": RegistrySpec("fbench.pipelines", "pipeline", ("name", "summary", "stage", "command"), ()),
-    "methods": RegistrySpec("fbench.methods", "method",
-                            ("name", "summary", "build", "from_checkpoint", "train_command"),
-                            ("build", "from_checkpoint")),
-    "benchmarks": RegistrySpec("fbench.benchmarks", "benchmark", ("name", "summary", "command"), ()),
-}
+SPECS = {name: RegistrySpec(f"fbench.{name}", name.rstrip("s"), cls) for name, cls in PLUGIN_TYPES.items()}
 
 
 def check_plugin(spec: RegistrySpec, entry_name: str, plugin: Any) -> list[str]:
     """Protocol violations of a loaded plugin (empty when it conforms)."""
-    problems = [f"lacks attribute '{a}'" for a in spec.required if not hasattr(plugin, a)]
-    problems += [f"'{a}' is not callable" for a in spec.callables if hasattr(plugin, a) and not callable(getattr(plugin, a))]
-    if hasattr(plugin, "name") and plugin.name != entry_name:
-        problems.append(f"name {plugin.name!r} differs from its entry point {entry_name!r}")
-    if spec.kind == "pipeline" and getattr(plugin, "stage", None) not in PIPELINE_STAGES:
-        problems.append(f"stage must be one of {PIPELINE_STAGES}")
-    return problems
+    if not isinstance(plugin, spec.type):
+        return [f"is a {type(plugin).__name__}, not a fbench.plugins.{spec.type.__name__}"]
+    if plugin.name != entry_name:
+        return [f"name {plugin.name!r} differs from its entry point {entry_name!r}"]
+    return []
 
 
 class Registry:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fbench.shards import SourceItem, SourceOptions, UnsafePathError, safe_relpath
-from pipelines.common import PipelineSource, bad_item, build_plugin, limit_per_split, points_array, unique_keys
+from pipelines.common import PipelineSource, bad_item, limit_per_split, points_array, unique_keys
 
 log = logging.getLogger(__name__)
 
@@ -170,5 +170,8 @@ invalid classes and -2 values are kept, flagged. Malformed or unsafe CSV rows ar
 EXAMPLES = ("fbench prep affectnet --root /data/AffectNet --out shards/ --workers 8",
             "fbench prep affectnet --root synth/AffectNet --out shards/ --landmarks annotations   # synthetic data")
 
-PIPELINE = build_plugin(AffectNetSource(), "AffectNet faces with 68 landmarks, expression, valence, arousal -> face "
-                        "crops (train/val)", HELP, examples=EXAMPLES)
+def command():
+    """`fbench prep affectnet` (built on first use by the registry entry in pipelines/__init__.py)."""
+    from fbench.cli.prep import prep_command
+
+    return prep_command(AffectNetSource(), HELP, examples=EXAMPLES)

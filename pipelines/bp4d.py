@@ -29,19 +29,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fbench.fitting.config import config_to_dict
-from fbench.fitting.runner import (
-    DatasetError,
-    PipelinePlugin,
-    finish,
-    fit_options,
-    guarded,
-    load_flame_for_fitting,
-    load_pipeline_config,
-    residual_stats,
-    split_list,
-    strided,
-)
+from fbench.config import config_to_dict
+from fbench.cli.fit import FitSpec, fit_command
+from fbench.fitting.runner import DatasetError, residual_stats, strided
 from fbench.fitting.scan import ScanFitConfig, ScanFrame, fit_scan_subject
 from fbench.fitting.scan_io import read_landmarks_3d, read_scan
 from fbench.fitting.store import FitStore, SequenceFit, UnsafeNameError, check_name
@@ -135,15 +125,6 @@ def load_landmarks(path: Path | None, landmark_map: list[list[int]]) -> np.ndarr
     return out
 
 
-def _empty_fit(subject: str, task: str, n_exp: int) -> SequenceFit:
-    widths = (("shape", 300), ("expression", n_exp), ("global_pose", 3), ("neck", 3), ("jaw", 3), ("eyes", 6),
-              ("eyelids", 2), ("translation", 3))
-    return SequenceFit(subject=subject, sequence=task, frame=np.zeros(0, np.int64), source=[],
-                       params={k: np.zeros((0, w)) for k, w in widths}, scale=np.zeros(0),
-                       transform=np.zeros((0, 4, 4)), residual_mean_mm=np.zeros(0), residual_median_mm=np.zeros(0),
-                       residual_max_mm=np.zeros(0), loss=np.zeros(0), converged=np.zeros(0, bool))
-
-
 def fit_bp4d(root: Path, out: Path, flame: FLAME, config: Bp4dConfig, subjects: list[str] | None = None,
              overwrite: bool = False, progress: bool = True) -> FitStore:
     """Fit every selected (subject, task) of a BP4D 3D tree; returns the store (see module doc)."""
@@ -217,7 +198,7 @@ def fit_bp4d(root: Path, out: Path, flame: FLAME, config: Bp4dConfig, subjects: 
                     continue
                 rows.append(i)
             if not rows:
-                store.save(_empty_fit(subject, task, cfg.n_exp))
+                store.save(SequenceFit.empty(subject, task, flame.n_shape, cfg.n_exp))
                 continue
             params = {k: v.detach().double().numpy()[rows] for k, v in fit.params.as_dict().items()}
             params["eyelids"] = np.zeros((len(rows), 2))
@@ -236,38 +217,24 @@ def fit_bp4d(root: Path, out: Path, flame: FLAME, config: Bp4dConfig, subjects: 
     return store
 
 
-@click.command("bp4d", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-              help="BP4D-Spontaneous 3D root: <subject>/<task>/<frame>.obj|.wrl with 3D landmark files.")
-@click.option("--tasks", default=None, help="Comma-separated tasks (default: T1..T8).")
-@fit_options
-@guarded
-def command(root: Path, tasks: str | None, out: Path, subjects: str | None, stride: int | None,
-            export_dir: Path | None, config_path: Path | None, overrides: tuple[str, ...], flame: Path | None,
-            overwrite: bool, no_progress: bool) -> None:
-    """Fit FLAME to BP4D-Spontaneous 3D scans (FIELDS' expression supervision).
+HELP = """Fit FLAME to BP4D-Spontaneous 3D scans (FIELDS' expression supervision).
 
-    Scale and pose from the per-frame 3D landmarks (Umeyama), one shape per subject fitted
-    jointly on frames spread over its tasks, then robust scan-to-mesh + landmark fits of
-    every frame restricted to the face. Writes OUT/fits.h5 (parameters, scan transform,
-    residuals in mm, source files), OUT/summary.csv and OUT/failures.jsonl; reruns resume.
+Scale and pose from the per-frame 3D landmarks (Umeyama), one shape per subject fitted
+jointly on frames spread over its tasks, then robust scan-to-mesh + landmark fits of
+every frame restricted to the face. Writes OUT/fits.h5 (parameters, scan transform,
+residuals in mm, source files), OUT/summary.csv and OUT/failures.jsonl; reruns resume.
 
-    \b
-    Examples:
-      fbench fit-flame bp4d --root /data/BP4D --out fits/bp4d
-      fbench fit-flame bp4d --root /data/BP4D --out fits/bp4d --subjects F001,M001 --tasks T1,T8 --stride 5
-      fbench fit-flame bp4d --root /data/BP4D --out fits/bp4d -o scan.scan_units=unknown
-    """
-    config = load_pipeline_config(Bp4dConfig, config_path, overrides)
-    if stride is not None:
-        config.stride = stride
-    if tasks:
-        config.tasks = split_list(tasks) or list(TASKS)
-    model = load_flame_for_fitting(flame)
-    store = fit_bp4d(root, out, model, config, subjects=split_list(subjects), overwrite=overwrite,
-                     progress=not no_progress)
-    finish(store, export_dir)
+\b
+Examples:
+  fbench fit-flame bp4d --root /data/BP4D --out fits/bp4d
+  fbench fit-flame bp4d --root /data/BP4D --out fits/bp4d --subjects F001,M001 --tasks T1,T8 --stride 5
+  fbench fit-flame bp4d --root /data/BP4D --out fits/bp4d -o scan.scan_units=unknown
+"""
 
 
-PIPELINE = PipelinePlugin(name="bp4d", summary="FLAME fits of BP4D-Spontaneous 3D scans (FIELDS supervision)",
-                          stage="fit", command=command)
+def command() -> click.Command:
+    """`fbench fit-flame bp4d` (built on first use by the registry entry in pipelines/__init__.py)."""
+    return fit_command(FitSpec(name="bp4d", help=HELP,
+                               root_help='BP4D-Spontaneous 3D root: <subject>/<task>/<frame>.obj|.wrl with 3D landmark files.',
+                               config=Bp4dConfig, fit=fit_bp4d,
+                               selection="tasks", selection_help="Comma-separated tasks (default: T1..T8)."))

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from fbench.shards import SourceItem, SourceOptions
-from pipelines.common import (Choice, PipelineSource, bad_item, build_plugin, filter_values, limit_per_split,
+from pipelines.common import (Choice, PipelineSource, bad_item, filter_values, limit_per_split,
                               points_array, unique_keys)
 
 log = logging.getLogger(__name__)
@@ -151,5 +151,8 @@ identity, attributes (names marked 1, when Anno/list_attr_celeba.txt is there)."
 EXAMPLES = ("fbench prep celeba --root /data/CelebA --out shards/ --splits train",
             "fbench prep celeba --root synth/CelebA --out shards/ --landmarks annotations   # synthetic data")
 
-PIPELINE = build_plugin(CelebASource(), "CelebA faces with 5 landmarks and identities -> face crops (train/val/test)",
-                        HELP, choices=FILTERS, examples=EXAMPLES)
+def command():
+    """`fbench prep celeba` (built on first use by the registry entry in pipelines/__init__.py)."""
+    from fbench.cli.prep import prep_command
+
+    return prep_command(CelebASource(), HELP, choices=FILTERS, examples=EXAMPLES)

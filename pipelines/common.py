@@ -4,10 +4,10 @@
   listing (a malformed CSV row, a path that climbs out of the root): such an item is made with
   `bad_item` and its `frames` raises `InputError`, so the prep runner writes exactly one
   rejects.jsonl line naming the file and the problem, and the run goes on.
-- `Choice` / `build_plugin`: the `fbench prep <dataset>` command with the standard prep options
-  plus dataset filters whose values are checked against the dataset's vocabulary, and, for
-  video datasets, `--annotations TABLE` (per-frame landmarks, see `read_landmark_table`).
-- `filter_values`: a source's view of `options.filters`, validated the same way for Python callers.
+- `Choice`, `filter_values` (from `fbench.shards.source`): dataset filters checked against the
+  dataset's vocabulary; the command itself comes from `fbench.cli.prep.prep_command`.
+- `read_landmark_table` / `video_annotations`: per-frame landmarks for video datasets
+  (`--annotations TABLE`).
 - `unique_keys`: a later item whose sample key repeats an earlier one's (a duplicated row) becomes
   a reject instead of stopping the run; `limit_per_split`: what the runner keeps of --limit/--splits,
   so a source can skip per-item work; `points_array`: landmark parsing with a clear error.
@@ -20,17 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import click
 import numpy as np
 
 from fbench.shards import InputError, MediaSource, SourceItem, SourceOptions, UnsafePathError, safe_key, safe_relpath
-from fbench.shards.cli import PREP_EXAMPLE, PrepPlugin, config_from_options, prep_options, run_prep_command
+from fbench.shards.source import ANNOTATIONS_FILTER, Choice, filter_values  # noqa: F401 (pipelines import them here)
 
 log = logging.getLogger(__name__)
 
 # Label of an item that stands for an input found unusable while listing (see `bad_item`).
 ERROR_LABEL = "fbench_input_error"
-ANNOTATIONS_FILTER = "annotations"  # options.filters key of the --annotations table (a 1-tuple of its path)
 
 
 class PipelineSource(MediaSource):
@@ -88,82 +86,6 @@ def limit_per_split(items: Sequence[SourceItem], options: SourceOptions) -> list
             kept.append(item)
             counts[item.split] = n + 1
     return kept
-
-
-@dataclass(frozen=True)
-class Choice:
-    """A dataset filter option (`--views front,left_30`): comma-separated values from `choices`."""
-
-    name: str
-    choices: tuple[str, ...]
-    help: str
-    single: bool = False  # one value only (e.g. which image variant of a dataset)
-
-    def parse(self, values: Sequence[str]) -> tuple[str, ...]:
-        unknown = [v for v in values if v not in self.choices]
-        if unknown:
-            raise ValueError(f"unknown {self.name} {', '.join(map(repr, unknown))}; choose from {', '.join(self.choices)}")
-        values = tuple(dict.fromkeys(values))
-        if self.single and len(values) > 1:
-            raise ValueError(f"--{self.name.replace('_', '-')} takes one value, got {', '.join(values)}")
-        return values
-
-
-def filter_values(options: SourceOptions, choice: Choice) -> frozenset[str] | None:
-    """The selected values of a filter (None: no selection), validated against its choices."""
-    values = options.filters.get(choice.name)
-    if not values:
-        return None
-    return frozenset(choice.parse(values))
-
-
-def _choice_callback(choice: Choice):
-    def callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
-        if value is None:
-            return None
-        values = [v.strip() for v in value.split(",") if v.strip()]
-        try:
-            return choice.parse(values) or None
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from exc
-    return callback
-
-
-def build_plugin(source: MediaSource, summary: str, help: str, choices: Sequence[Choice] = (),
-                 annotation_table: bool = False, examples: Sequence[str] = ()) -> PrepPlugin:
-    """The registry entry of a prep pipeline: `fbench prep <name>` with the standard prep options,
-    the dataset's filter options and, with `annotation_table`, `--annotations TABLE`. `examples`:
-    dataset-specific command lines added to the standard examples of --help."""
-
-    def command(**kw: Any) -> None:
-        filters: dict[str, tuple[str, ...]] = {}
-        for choice in choices:
-            value = kw.pop(choice.name, None)
-            if value:
-                filters[choice.name] = value
-        table = kw.pop(ANNOTATIONS_FILTER, None)
-        if table is not None:
-            # Absolute, so the manifest records which table made the landmarks, and resumes compare it.
-            filters[ANNOTATIONS_FILTER] = (str(Path(table).resolve()),)
-        elif annotation_table and kw["landmarks"] == "annotations":
-            click.echo(f"note: {source.name} has no landmark annotations of its own; without --annotations every "
-                       "frame is kept with NaN landmarks, cropped to the centred frame square", err=True)
-        run_prep_command(source, config_from_options(filters=filters, **kw))
-
-    doc = help + "\n\n" + PREP_EXAMPLE.format(name=source.name) + "".join(f"\n  {line}" for line in examples)
-    f = prep_options(command)
-    if annotation_table:
-        f = click.option(f"--{ANNOTATIONS_FILTER}", ANNOTATIONS_FILTER, default=None,
-                         type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                         help="Per-frame 68-point landmarks (HDF5 table with columns path, frame, landmarks68 "
-                              "and optional face_visible; a synthetic dataset's fbench_ground_truth.h5 is one): "
-                              "they become the annotation landmarks of the videos' frames.")(f)
-    for choice in reversed(choices):
-        f = click.option(f"--{choice.name.replace('_', '-')}", choice.name, default=None,
-                         callback=_choice_callback(choice),
-                         help=f"{choice.help} " + (f"One of: {', '.join(choice.choices)}." if choice.single else
-                                                   f"Comma-separated, from: {', '.join(choice.choices)}."))(f)
-    return PrepPlugin(source.name, summary, click.command(source.name, help=doc)(f), source)
 
 
 # ------------------------------------------------------------------------ per-frame landmark tables

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fbench.fitting.config import config_to_dict
+from fbench.config import config_to_dict
 from fbench.fitting.fast_flame import FittingFlame
 from fbench.fitting.flame_ops import Layout
 from fbench.fitting.registration import (
@@ -44,17 +44,8 @@ from fbench.fitting.registration import (
     frame_preconditioner,
     vertex_errors_mm,
 )
-from fbench.fitting.runner import (
-    DatasetError,
-    PipelinePlugin,
-    finish,
-    fit_options,
-    guarded,
-    load_flame_for_fitting,
-    load_pipeline_config,
-    split_list,
-    strided,
-)
+from fbench.cli.fit import FitSpec, fit_command
+from fbench.fitting.runner import DatasetError, strided
 from fbench.fitting.store import FitStore, SequenceFit, UnsafeNameError, check_name
 from fbench.flame import FLAME, FlameParams
 from fbench.geometry import MeshError, read_mesh
@@ -143,7 +134,6 @@ def fit_famos(root: Path, out: Path, flame: FLAME, config: FamosConfig, subjects
               overwrite: bool = False, progress: bool = True) -> FitStore:
     """Fit every selected (subject, sequence) of a FaMoS registration tree; returns the store (see module doc)."""
     root = Path(root)
-    cfg = config.registration
     source = getattr(flame, "flame_source", None)
     store = FitStore(out, "famos", config_to_dict(config), source.describe() if source else str(flame.source),
                      bool(source.synthetic) if source else False)
@@ -270,49 +260,28 @@ def _fit_subject(root: Path, store: FitStore, flame: FLAME, config: FamosConfig,
                 attrs={"identity": f"shape fitted to {n_id} neutral frame(s) (first frame of each sequence)",
                        "stride": config.stride, "residual": "per-vertex distance to the registration"})
         else:
-            result = SequenceFit(subject=subject, sequence=seq, frame=np.zeros(0, np.int64), source=[],
-                                 params={k: np.zeros((0, w)) for k, w in (("shape", 300), ("expression", cfg.n_exp),
-                                         ("global_pose", 3), ("neck", 3), ("jaw", 3), ("eyes", 6), ("eyelids", 2),
-                                         ("translation", 3))},
-                                 scale=np.zeros(0), transform=np.zeros((0, 4, 4)), residual_mean_mm=np.zeros(0),
-                                 residual_median_mm=np.zeros(0), residual_max_mm=np.zeros(0), loss=np.zeros(0),
-                                 converged=np.zeros(0, bool), attrs={"stride": config.stride})
+            result = SequenceFit.empty(subject, seq, flame.n_shape, cfg.n_exp, attrs={"stride": config.stride})
         store.save(result)
 
 
-@click.command("famos", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-              help="FaMoS registrations root: <subject>/<sequence>/<sequence>.<frame:06d>.ply (metres).")
-@click.option("--sequences", default=None,
-              help="Comma-separated sequences, or 'all' (default: SMIRK's twelve: " + ", ".join(SMIRK_SEQUENCES) + ").")
-@fit_options
-@guarded
-def command(root: Path, sequences: str | None, out: Path, subjects: str | None, stride: int | None,
-            export_dir: Path | None, config_path: Path | None, overrides: tuple[str, ...], flame: Path | None,
-            overwrite: bool, no_progress: bool) -> None:
-    """Fit FLAME to FaMoS registrations (SMIRK's expression templates).
+HELP = """Fit FLAME to FaMoS registrations (SMIRK's expression templates).
 
-    Per subject, a shape is fitted to the neutral first frames of its sequences; then per
-    frame global pose, translation, neck, jaw, eyes and 100 expression components, batched
-    and warm-started along each sequence. Writes OUT/fits.h5 (parameters, residuals in
-    mm, source files), OUT/summary.csv and OUT/failures.jsonl; reruns resume.
+Per subject, a shape is fitted to the neutral first frames of its sequences; then per
+frame global pose, translation, neck, jaw, eyes and 100 expression components, batched
+and warm-started along each sequence. Writes OUT/fits.h5 (parameters, residuals in
+mm, source files), OUT/summary.csv and OUT/failures.jsonl; reruns resume.
 
-    \b
-    Examples:
-      fbench fit-flame famos --root /data/FaMoS --stride 10 --out fits/famos
-      fbench fit-flame famos --root /data/FaMoS --out fits/famos --sequences all --subjects FaMoS_subject_001
-      fbench fit-flame famos --root /data/FaMoS --out fits/famos --export-templates assets/expression_templates_famos
-    """
-    config = load_pipeline_config(FamosConfig, config_path, overrides)
-    if stride is not None:
-        config.stride = stride
-    if sequences:
-        config.sequences = split_list(sequences) or list(SMIRK_SEQUENCES)
-    model = load_flame_for_fitting(flame)
-    store = fit_famos(root, out, model, config, subjects=split_list(subjects), overwrite=overwrite,
-                      progress=not no_progress)
-    finish(store, export_dir)
+\b
+Examples:
+  fbench fit-flame famos --stride 10
+  fbench fit-flame famos --root /data/FaMoS --out fits/famos --sequences all --subjects FaMoS_subject_001
+  fbench fit-flame famos --root /data/FaMoS --out fits/famos --export-templates assets/expression_templates_famos
+"""
 
 
-PIPELINE = PipelinePlugin(name="famos", summary="FLAME fits of FaMoS registrations (SMIRK expression templates)",
-                          stage="fit", command=command)
+def command() -> click.Command:
+    """`fbench fit-flame famos` (built on first use by the registry entry in pipelines/__init__.py)."""
+    return fit_command(FitSpec(name="famos", help=HELP,
+                               root_help='FaMoS registrations root: <subject>/<sequence>/<sequence>.<frame:06d>.ply (metres).', 
+                               config=FamosConfig, fit=fit_famos,
+                               selection="sequences", selection_help="Comma-separated sequences, or 'all' (default: SMIRK's twelve: " + ", ".join(SMIRK_SEQUENCES) + ")."))

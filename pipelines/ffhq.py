@@ -35,7 +35,7 @@ import numpy as np
 
 from fbench.shards import SourceItem, SourceOptions, safe_relpath, walk_files
 from fbench.shards.media import IMAGE_SUFFIXES
-from pipelines.common import (Choice, PipelineSource, bad_item, build_plugin, filter_values, limit_per_split,
+from pipelines.common import (Choice, PipelineSource, bad_item, filter_values, limit_per_split,
                               points_array, unique_keys)
 
 log = logging.getLogger(__name__)
@@ -160,5 +160,8 @@ category, licence."""
 EXAMPLES = ("fbench prep ffhq --root /data/FFHQ --out shards/ --images thumbnails --limit 1000",
             "fbench prep ffhq --root synth/FFHQ --out shards/ --landmarks annotations   # synthetic data")
 
-PIPELINE = build_plugin(FFHQSource(), "FFHQ aligned portraits with 68 landmarks -> face crops (train/val)",
-                        HELP, choices=FILTERS, examples=EXAMPLES)
+def command():
+    """`fbench prep ffhq` (built on first use by the registry entry in pipelines/__init__.py)."""
+    from fbench.cli.prep import prep_command
+
+    return prep_command(FFHQSource(), HELP, choices=FILTERS, examples=EXAMPLES)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fbench.shards import SourceItem, SourceOptions, resolve_in_root, walk_files
-from pipelines.common import PipelineSource, build_plugin, limit_per_split, video_annotations, with_annotations
+from pipelines.common import PipelineSource, limit_per_split, video_annotations, with_annotations
 
 log = logging.getLogger(__name__)
 
@@ -148,5 +148,8 @@ EXAMPLES = ("fbench prep lrs3 --root /data/LRS3 --out shards/ --frame-stride 2 -
             "fbench prep lrs3 --root synth/LRS3 --out shards/ --landmarks annotations "
             "--annotations synth/LRS3/fbench_ground_truth.h5")
 
-PIPELINE = build_plugin(LRS3Source(), "LRS3-TED talking-head clips -> per-frame face crops (train/val by speaker)",
-                        HELP, annotation_table=True, examples=EXAMPLES)
+def command():
+    """`fbench prep lrs3` (built on first use by the registry entry in pipelines/__init__.py)."""
+    from fbench.cli.prep import prep_command
+
+    return prep_command(LRS3Source(), HELP, annotation_table=True, examples=EXAMPLES)

@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 
 from fbench.shards import SourceItem, SourceOptions, walk_files
-from pipelines.common import (Choice, PipelineSource, build_plugin, filter_values, limit_per_split, video_annotations,
+from pipelines.common import (Choice, PipelineSource, filter_values, limit_per_split, video_annotations,
                               with_annotations)
 
 log = logging.getLogger(__name__)
@@ -112,5 +112,8 @@ EXAMPLES = ("fbench prep mead --root /data/MEAD --out shards/ --views front --fr
             "fbench prep mead --root synth/MEAD --out shards/ --landmarks annotations "
             "--annotations synth/MEAD/fbench_ground_truth.h5")
 
-PIPELINE = build_plugin(MEADSource(), "MEAD emotional talking faces, 7 views -> per-frame face crops (split by actor)",
-                        HELP, choices=FILTERS, annotation_table=True, examples=EXAMPLES)
+def command():
+    """`fbench prep mead` (built on first use by the registry entry in pipelines/__init__.py)."""
+    from fbench.cli.prep import prep_command
+
+    return prep_command(MEADSource(), HELP, choices=FILTERS, annotation_table=True, examples=EXAMPLES)

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fbench.fitting.config import ConfigError, apply_overrides, load_config
+from fbench.config import ConfigError, apply_overrides, load_config
 from fbench.fitting.fast_flame import FittingFlame
 from fbench.fitting.flame_ops import Layout, compose_rigid, finite_difference_jacobian, matrix_to_axis_angle
 from fbench.fitting.lbfgs import LbfgsOptions, Preconditioner, batched_lbfgs

@@ -20,7 +20,7 @@ from fbench.safe_pickle import safe_load_npy
 from fbench.synth import SynthResult
 from fbench.synth.files import truncate_file
 from fbench.synth.ground_truth import read_ground_truth
-from pipelines.famos import PIPELINE, command
+from pipelines import FAMOS
 
 FAST = ["-o", "registration.identity_max_frames=3", "-o", "registration.identity_lbfgs.max_iterations=80"]
 
@@ -51,7 +51,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, flame_dir: Path):
     templates = out / "templates"
     args = ["--root", str(root), "--out", str(out), "--flame", str(flame_dir), "--sequences", ",".join(clean),
             "--stride", "5", "--export-templates", str(templates), "--no-progress", *FAST]
-    result = CliRunner().invoke(command, args, catch_exceptions=False)
+    result = CliRunner().invoke(FAMOS.command, args, catch_exceptions=False)
     return {"root": root, "gt_root": shared.root, "out": out, "templates": templates, "args": args,
             "result": result, "broken": broken, "sequences": clean}
 
@@ -106,7 +106,7 @@ def test_templates_follow_smirks_layout(run) -> None:
 def test_rerun_resumes_without_refitting(run) -> None:
     parts = sorted((run["out"] / ".parts").rglob("*.h5"))
     before = {p: p.stat().st_mtime_ns for p in parts}
-    result = CliRunner().invoke(command, run["args"], catch_exceptions=False)
+    result = CliRunner().invoke(FAMOS.command, run["args"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert {p: p.stat().st_mtime_ns for p in parts} == before
     fits, failures, _ = read_fits(run["out"])
@@ -114,13 +114,13 @@ def test_rerun_resumes_without_refitting(run) -> None:
 
 
 def test_plugin_protocol_and_help() -> None:
-    assert check_plugin(SPECS["pipelines"], "famos", PIPELINE) == []
-    result = CliRunner().invoke(command, ["--help"])
+    assert check_plugin(SPECS["pipelines"], "famos", FAMOS) == []
+    result = CliRunner().invoke(FAMOS.command, ["--help"])
     assert result.exit_code == 0 and "fbench fit-flame famos --root" in result.output
 
 
 def test_root_without_registrations_is_a_clear_error(tmp_path: Path, flame_dir: Path) -> None:
     (tmp_path / "data" / "FaMoS_subject_001" / "jaw").mkdir(parents=True)
-    result = CliRunner().invoke(command, ["--root", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+    result = CliRunner().invoke(FAMOS.command, ["--root", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
                                           "--flame", str(flame_dir), "--no-progress"])
     assert result.exit_code != 0 and "no FaMoS registrations found" in result.output

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fbench.shards.cli import prep_command, shards_group
+from fbench.cli.prep import prep_command
+from fbench.cli.shards import shards_group
+from fbench.shards.source import Choice
 from test_shards_data import CLIP_FRAMES, ToySource, write_toy_dataset
 
 
@@ -32,7 +34,7 @@ def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def prepped(toy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("out")
-    command = prep_command(RecordingSource(), filter_options={"views": "camera views"})
+    command = prep_command(RecordingSource(), "Toy prep.", choices=(Choice("views", ("front", "left_30", "top"), "camera views"),))
     result = CliRunner().invoke(command, ["--root", str(toy_root), "--out", str(out), "--maxcount", "4", "--size", "200",
                                           "--frame-stride", "3", "--fan", "off", "--no-progress", "--views", "front,left_30"])
     assert result.exit_code == 0, result.output
@@ -49,18 +51,9 @@ def test_prep_command_passes_options(prepped: Path) -> None:
     assert manifest["counts"]["val"]["samples"] == len(range(0, CLIP_FRAMES, 3))
 
 
-def test_prep_plugin_satisfies_the_pipeline_registry() -> None:
-    from fbench.registry import SPECS, check_plugin
-    from fbench.shards.cli import prep_plugin
-
-    plugin = prep_plugin(ToySource(), "toy faces")
-    assert check_plugin(SPECS["pipelines"], "toy", plugin) == []
-    assert plugin.command.name == "toy" and plugin.stage == "prep"
-
-
 def test_prep_command_errors_are_readable(toy_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
-    command = prep_command(ToySource())
+    command = prep_command(ToySource(), "Toy prep.")
     base = ["--root", str(toy_root), "--out", str(tmp_path / "out"), "--no-progress"]
     result = CliRunner().invoke(command, base + ["--fan", "required"])
     assert result.exit_code == 1 and "2DFAN4-11f355bf06.pth.tar" in result.output and "Traceback" not in result.output
@@ -104,7 +97,7 @@ def test_inspect_a_single_tar_by_key(prepped: Path, tmp_path: Path) -> None:
 
 
 def test_merge_manifests_command(toy_root: Path, tmp_path: Path, prepped: Path) -> None:
-    command = prep_command(ToySource())
+    command = prep_command(ToySource(), "Toy prep.")
     args = ["--root", str(toy_root), "--out", str(tmp_path), "--maxcount", "4", "--size", "200", "--frame-stride", "3",
             "--fan", "off", "--no-progress"]
     for part in ("0/2", "1/2"):

@@ -9,7 +9,6 @@
 * :mod:`fbench.fitting.store`: ``fits.h5``, resumable parts, SMIRK template export.
 """
 
-from fbench.fitting.config import ConfigError, load_config
 from fbench.fitting.fast_flame import FittingFlame
 from fbench.fitting.flame_ops import Layout
 from fbench.fitting.lbfgs import LbfgsOptions, LbfgsResult, Preconditioner, batched_lbfgs
@@ -27,8 +26,8 @@ from fbench.fitting.scan import ScanFitConfig, ScanFrame, ScanSubjectFit, fit_sc
 from fbench.fitting.store import FitStore, SequenceFit, export_templates, read_fits
 
 __all__ = [
-    "ConfigError", "FitStore", "FittingFlame", "FrameFit", "IdentityFit", "Layout", "LbfgsOptions", "LbfgsResult",
+    "FitStore", "FittingFlame", "FrameFit", "IdentityFit", "Layout", "LbfgsOptions", "LbfgsResult",
     "Preconditioner", "PriorWeights", "RegistrationFitConfig", "ScanFitConfig", "ScanFrame", "ScanSubjectFit",
     "SequenceFit", "batched_lbfgs", "export_templates", "fit_frames", "fit_identity", "fit_scan_subject",
-    "fit_subject_frames", "initial_transforms", "load_config", "read_fits", "vertex_errors_mm",
+    "fit_subject_frames", "initial_transforms", "read_fits", "vertex_errors_mm",
 ]

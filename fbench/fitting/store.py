@@ -88,6 +88,17 @@ class SequenceFit:
     def __len__(self) -> int:
         return len(self.frame)
 
+    @classmethod
+    def empty(cls, subject: str, sequence: str, n_shape: int, n_exp: int, attrs: dict[str, Any] | None = None
+              ) -> "SequenceFit":
+        """A sequence none of whose frames could be fitted (kept, so a rerun does not redo it)."""
+        widths = {"shape": n_shape, "expression": n_exp, "global_pose": 3, "neck": 3, "jaw": 3, "eyes": 6,
+                  "eyelids": 2, "translation": 3}
+        return cls(subject=subject, sequence=sequence, frame=np.zeros(0, np.int64), source=[],
+                   params={k: np.zeros((0, w)) for k, w in widths.items()}, scale=np.zeros(0),
+                   transform=np.zeros((0, 4, 4)), residual_mean_mm=np.zeros(0), residual_median_mm=np.zeros(0),
+                   residual_max_mm=np.zeros(0), loss=np.zeros(0), converged=np.zeros(0, bool), attrs=dict(attrs or {}))
+
 
 def _atomic_h5(path: Path, fill) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:

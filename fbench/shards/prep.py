@@ -73,8 +73,8 @@ class PrepConfig:
     """Everything a prep run needs besides the source. Fields marked (content) decide what the
     shards contain; a resumed run must repeat them."""
 
-    root: Path  # dataset root
-    out: Path  # output root; shards go to <out>/<dataset>/
+    root: Path | None = None  # dataset root (the CLI fills in the catalogued one)
+    out: Path = Path("shards")  # output root; shards go to <out>/<dataset>/
     landmarks: LandmarkConfig = field(default_factory=LandmarkConfig)  # (content)
     options: SourceOptions = field(default_factory=SourceOptions)  # (content) splits, limit, filters
     frame_stride: int = 1  # (content) every K-th video frame
@@ -87,7 +87,8 @@ class PrepConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
+        if self.root is not None:
+            object.__setattr__(self, "root", Path(self.root))
         object.__setattr__(self, "out", Path(self.out))
         if self.frame_stride < 1 or self.maxcount < 1 or self.workers < 1:
             raise ValueError("frame_stride, maxcount and workers must be >= 1")
@@ -224,7 +225,7 @@ def run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
 
     started = time.perf_counter()
     dataset = check_dataset_name(source.name)
-    if not config.root.is_dir():
+    if config.root is None or not config.root.is_dir():
         raise PrepError(f"dataset root {config.root} is not a directory")
     landmarks, sources = resolve_landmarks(config.landmarks)
     if config.workers > 1:

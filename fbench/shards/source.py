@@ -107,6 +107,11 @@ class SourceOptions:
     limit: int | None = None
     filters: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:  # configs read from YAML give lists
+        if self.splits is not None:
+            object.__setattr__(self, "splits", tuple(self.splits))
+        object.__setattr__(self, "filters", {k: tuple(v) for k, v in self.filters.items()})
+
     def as_dict(self) -> dict[str, Any]:
         return {"splits": list(self.splits) if self.splits else None, "limit": self.limit,
                 "filters": {k: list(v) for k, v in sorted(self.filters.items())}}
@@ -185,3 +190,34 @@ def select_items(items: Sequence[SourceItem], source_splits: Sequence[str],
         if item.split in grouped and (options.limit is None or len(grouped[item.split]) < options.limit):
             grouped[item.split].append(item)
     return {s: v for s, v in grouped.items() if v}
+
+
+# options.filters key of the --annotations table of video pipelines (a 1-tuple of its path)
+ANNOTATIONS_FILTER = "annotations"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A dataset filter option (`--views front,left_30`): comma-separated values from `choices`."""
+
+    name: str
+    choices: tuple[str, ...]
+    help: str
+    single: bool = False  # one value only (e.g. which image variant of a dataset)
+
+    def parse(self, values: Sequence[str]) -> tuple[str, ...]:
+        unknown = [v for v in values if v not in self.choices]
+        if unknown:
+            raise ValueError(f"unknown {self.name} {', '.join(map(repr, unknown))}; choose from {', '.join(self.choices)}")
+        values = tuple(dict.fromkeys(values))
+        if self.single and len(values) > 1:
+            raise ValueError(f"--{self.name.replace('_', '-')} takes one value, got {', '.join(values)}")
+        return values
+
+
+def filter_values(options: SourceOptions, choice: Choice) -> frozenset[str] | None:
+    """The selected values of a filter (None: no selection), validated against its choices."""
+    values = options.filters.get(choice.name)
+    if not values:
+        return None
+    return frozenset(choice.parse(values))

@@ -1,4 +1,4 @@
-"""Dataclass configs for fitting: YAML files plus ``-o key=value`` overrides.
+"""Dataclass configs for every command: YAML files plus ``-o key=value`` overrides.
 
 A config is a (possibly nested) dataclass. ``load_config(Cls, path, ["a.b=3"])`` starts
 from the defaults, applies the YAML mapping at ``path`` (if any) and then the overrides,
@@ -9,6 +9,7 @@ ignored.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import types
 import typing
@@ -59,7 +60,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         inner = args[0] if args else Any
         items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
-    if origin is dict:
+    if annotation is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{key}: expected a path, got {value!r}")
+        return Path(value)
+    if origin in (dict, typing.Mapping, collections.abc.Mapping):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
@@ -107,9 +112,34 @@ def _from_mapping(cls: type[T], mapping: dict[str, Any], prefix: str = "") -> T:
     return dataclasses.replace(base, **values)
 
 
+def to_plain(value: Any) -> Any:
+    """YAML-safe form: dataclasses and mappings to dicts, tuples to lists, paths to strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, typing.Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Plain nested dict (YAML-serialisable) of a config dataclass."""
-    return dataclasses.asdict(config)
+    return to_plain(config)
+
+
+def save_config(config: Any, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write the resolved config as YAML (atomically), so the output it sits beside can be
+    reproduced with `--config`; `extra` adds sections that are records, not settings (e.g.
+    which assets were missing)."""
+    from fbench.io import atomic_write_text
+
+    data = config_to_dict(config)
+    if extra:
+        data = {**data, **to_plain(extra)}
+    return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def apply_overrides(config: T, overrides: list[str] | tuple[str, ...]) -> T:

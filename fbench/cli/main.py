@@ -10,67 +10,16 @@ import click
 import numpy as np
 
 from fbench import __version__
+from fbench.cli.options import CONTEXT, flame_option, load_flame_announced
+from fbench.cli.plugins import PluginGroup, eval_command, train_command
+from fbench.cli.shards import shards_group
 from fbench.registry import PluginError, registry
-from fbench.shards.cli import shards_group
 from fbench.synth import DATASETS as SYNTH_DATASETS
 
 log = logging.getLogger("fbench")
 
-FLAME_OPTION_HELP = ("FLAME directory (generic_model.pkl + SMIRK assets). Default: $FBENCH_FLAME_DIR, else a real "
-                     "FLAME under $FBENCH_HOME/flame, else the synthetic model (generated on first use).")
 
-
-def flame_option(f):
-    return click.option("--flame", "flame", type=click.Path(file_okay=False, path_type=Path), default=None,
-                        help=FLAME_OPTION_HELP)(f)
-
-
-def load_flame_announced(flame: Path | None, **kwargs):
-    """Load FLAME and tell the user which model it is (synthetic results are never FLAME2020's)."""
-    from fbench.flame import FlameFileError, load_flame
-
-    try:
-        model = load_flame(flame, **kwargs)
-    except FlameFileError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"FLAME: {model.flame_source.describe()}", err=True)
-    return model
-
-
-class PluginGroup(click.Group):
-    """A click group whose subcommands are plugins of one registry (loaded only when used)."""
-
-    def __init__(self, *args, registry_kind: str, attr: str, stage: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.registry_kind, self.attr, self.stage = registry_kind, attr, stage
-
-    def _plugins(self) -> list[str]:
-        reg = registry(self.registry_kind)
-        if self.stage is None:
-            return reg.names()
-        names = []
-        for name in reg.names():
-            try:
-                if reg.get(name).stage == self.stage:
-                    names.append(name)
-            except PluginError as exc:
-                log.warning("%s", exc)
-        return names
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        command = super().get_command(ctx, name)
-        if command is not None or name not in self._plugins():
-            return command
-        try:
-            return getattr(registry(self.registry_kind).get(name), self.attr)
-        except PluginError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="fbench")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
@@ -136,6 +85,19 @@ def assets_group(ctx: click.Context) -> None:
         if missing:
             click.echo(f"  obtain   : {asset.source}")
             click.echo(f"  licence  : {asset.licence}")
+    from fbench.assets import DATASETS, DatasetRootError, fbench_data, user_config_file
+
+    click.echo(f"\nDatasets (root: --root, else `datasets:` in {user_config_file()}, else "
+               f"$FBENCH_DATA/<folder>; FBENCH_DATA = {fbench_data()})")
+    for dataset in DATASETS:
+        try:
+            root, how = dataset.configured()
+            state = "present" if root.is_dir() else "MISSING"
+        except DatasetRootError as exc:
+            root, how, state = "?", str(exc), "BROKEN"
+        click.echo(f"  {dataset.name:<10} [{state}]  {root}  ({how})")
+        if state != "present":
+            click.echo(f"  {'':<10} obtain: {dataset.source}; or `fbench synth {dataset.name} --out DIR` (miniature)")
 
 
 @assets_group.command("check")
@@ -359,20 +321,15 @@ def demo(out: Path, flame: Path | None) -> None:
     click.echo(f"demo finished: outputs in {out} (synthetic FLAME: {model.flame_source.synthetic})")
 
 
-main.add_command(PluginGroup("prep", registry_kind="pipelines", attr="command", stage="prep",
+main.add_command(PluginGroup("prep", registry_kind="pipelines", make=lambda p: p.command, stage="prep",
                              help="Turn a raw dataset into landmark-annotated WebDataset shards.\n\n"
-                                  "\b\nExample:\n  fbench prep affectnet --root /data/AffectNet --out shards/"))
-main.add_command(PluginGroup("fit-flame", registry_kind="pipelines", attr="command", stage="fit",
+                                  "\b\nExample:\n  fbench prep affectnet --out shards/"))
+main.add_command(PluginGroup("fit-flame", registry_kind="pipelines", make=lambda p: p.command, stage="fit",
                              help="Fit FLAME to 3D scans or registrations.\n\n"
-                                  "\b\nExample:\n  fbench fit-flame famos --root /data/FaMoS --stride 10 --out fits/"))
-main.add_command(PluginGroup("train", registry_kind="methods", attr="train_command",
+                                  "\b\nExample:\n  fbench fit-flame famos --stride 10"))
+main.add_command(PluginGroup("train", registry_kind="methods", make=train_command,
                              help="Train a reconstruction method.\n\n\b\nExample:\n  fbench train smirk"))
-main.add_command(PluginGroup("eval", registry_kind="benchmarks", attr="command",
+main.add_command(PluginGroup("eval", registry_kind="benchmarks", make=eval_command,
                              help="Score a method on a benchmark.\n\n"
                                   "\b\nExample:\n  fbench eval multiface --method smirk"))
-
-
 main.add_command(shards_group)
-
-if __name__ == "__main__":
-    main()

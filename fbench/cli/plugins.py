@@ -1,0 +1,139 @@
+"""Command groups filled from the plugin registries, and the commands built from plugins:
+`fbench prep|fit-flame <pipeline>`, `fbench train <method>`, `fbench eval <benchmark>`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from fbench.cli.options import CONTEXT, config_options, dataset_root, load_command_config, user_errors
+from fbench.plugins import BenchmarkPlugin, MethodPlugin
+from fbench.registry import PluginError, registry
+
+
+class PluginGroup(click.Group):
+    """A click group whose subcommands come from one registry, built only when used.
+
+    `make(plugin)` turns a plugin into its command; `stage` keeps only pipelines of that stage
+    (pipeline plugins are light records, so filtering imports no pipeline code)."""
+
+    def __init__(self, *args: Any, registry_kind: str, make: Callable[[Any], click.Command], stage: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, context_settings=CONTEXT, **kwargs)
+        self.registry_kind, self.make, self.stage = registry_kind, make, stage
+
+    def _plugin(self, name: str) -> Any | None:
+        reg = registry(self.registry_kind)
+        if name not in reg:
+            return None
+        plugin = reg.get(name)
+        return plugin if self.stage is None or plugin.stage == self.stage else None
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = []
+        for name in registry(self.registry_kind).names():
+            try:
+                if self._plugin(name) is not None:
+                    names.append(name)
+            except PluginError as exc:
+                click.echo(f"warning: {exc}", err=True)
+        return sorted(set(super().list_commands(ctx)) | set(names))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is not None:
+            return command
+        try:
+            plugin = self._plugin(name)
+        except PluginError as exc:
+            raise click.ClickException(str(exc)) from exc
+        return None if plugin is None else self.make(plugin)
+
+
+# ------------------------------------------------------------------------------------ train
+
+
+def train_command(method: MethodPlugin) -> click.Command:
+    """`fbench train <method>` from a method's config and training task."""
+
+    @click.command(method.name, context_settings=CONTEXT,
+                   help=f"Train {method.name}: {method.summary}\n\n\b\nExample:\n  fbench train {method.name}")
+    @config_options
+    def command(config_path: Path | None, overrides: tuple[str, ...]) -> None:
+        if method.task is None:
+            raise click.ClickException(f"{method.name}: this method plugin has no training task; it can be "
+                                       "evaluated and run (`fbench eval`, `fbench reconstruct`) but not trained by fbench")
+        raise click.ClickException(f"{method.name}: the fbench training loop is not part of this version")
+
+    return command
+
+
+# ------------------------------------------------------------------------------------- eval
+
+
+def method_reconstructor(method: MethodPlugin, checkpoint: Path | None, options: tuple[str, ...],
+                         data_root: Path | None = None) -> Any:
+    """The model a benchmark scores: `--checkpoint`, else the method's catalogued checkpoint,
+    else (methods without weights, e.g. reference methods) built from its config. A config field
+    `data_root` left empty is set to the benchmark's dataset root."""
+    from fbench.assets import get_asset
+
+    if checkpoint is not None or method.checkpoint_asset is not None:
+        if checkpoint is None:
+            asset = get_asset(method.checkpoint_asset)
+            checkpoint = asset.paths()[0]
+            if not checkpoint.is_file():
+                raise click.ClickException(f"{method.name}: no checkpoint at {checkpoint} (the {asset.name} asset); pass "
+                                       f"--checkpoint FILE or put {checkpoint.name} there (obtain: {asset.source})")
+        return method.from_checkpoint(checkpoint)
+    config = load_command_config(method.config, None, options)
+    if data_root is not None and "data_root" in {f.name for f in dataclasses.fields(config)} \
+            and not getattr(config, "data_root"):
+        config = dataclasses.replace(config, data_root=data_root)
+    return method.build(config)
+
+
+def eval_command(benchmark: BenchmarkPlugin) -> click.Command:
+    """`fbench eval <benchmark> --method M` from a benchmark's `evaluate`."""
+
+    @click.command(benchmark.name, context_settings=CONTEXT,
+                   help=f"Score a method on {benchmark.name}: {benchmark.summary}\n\n\b\nExamples:\n"
+                        f"  fbench eval {benchmark.name} --method smirk\n"
+                        f"  fbench eval {benchmark.name} --method smirk --checkpoint runs/smirk/SMIRK.pt "
+                        f"--root /data/{benchmark.name} --out results/\n"
+                        f"  fbench eval {benchmark.name} --method oracle   # ground truth of a synthetic dataset")
+    @click.option("--method", "method_name", required=True, help="A method plugin (`fbench list` shows them).")
+    @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="The method's checkpoint (default: its catalogued one, see `fbench assets`).")
+    @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="Benchmark data root (default: the configured dataset root, see `fbench assets`).")
+    @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help=f"Results folder [default: results/{benchmark.name}/<method>].")
+    @click.option("--method-option", "method_options", multiple=True, metavar="KEY=VALUE",
+                  help="A setting of the method's config (methods built without a checkpoint), repeatable.")
+    @config_options
+    @user_errors(ValueError)
+    def command(method_name: str, checkpoint: Path | None, root: Path | None, out: Path | None,
+                method_options: tuple[str, ...], config_path: Path | None, overrides: tuple[str, ...]) -> None:
+        from fbench.config import save_config
+
+        try:
+            method = registry("methods").get(method_name)
+        except PluginError as exc:
+            raise click.ClickException(str(exc)) from exc
+        config = load_command_config(benchmark.config, config_path, overrides)
+        root = dataset_root(benchmark.dataset or benchmark.name, root)
+        out = out if out is not None else Path("results") / benchmark.name / method_name
+        model = method_reconstructor(method, checkpoint, method_options, data_root=root)
+        save_config(config, out / "config.yaml",
+                    extra={"run": {"method": method_name, "checkpoint": checkpoint, "root": root}})
+        metrics = benchmark.evaluate(model, root, out, config)
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        click.echo(f"{benchmark.name} / {method_name}: " + ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items()))
+        click.echo(f"results: {out}")
+
+    return command
