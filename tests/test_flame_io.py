@@ -38,11 +38,57 @@ def test_smirk_assets_layout_is_accepted(flame_dir, tmp_path):
     assert assets.files["model"] == smirk / "FLAME2020" / "generic_model.pkl"
 
 
-def test_missing_files_are_all_named(flame_copy):
-    (flame_copy / "l_eyelid.npy").unlink()
-    (flame_copy / "FLAME_masks.pkl").unlink()
-    with pytest.raises(FlameFileError, match=r"lacks: FLAME_masks\.pkl.*l_eyelid\.npy"):
+def test_a_directory_with_only_the_model_decodes_and_uses_name_the_missing_companions(flame_copy, flame_dir):
+    import torch
+
+    from fbench.flame import FLAME, FlameParams
+
+    full = FLAME(flame_dir)
+    for name in ("landmark_embedding.npy", "mediapipe_landmark_embedding.npz", "FLAME_masks.pkl", "l_eyelid.npy",
+                 "r_eyelid.npy"):
+        (flame_copy / name).unlink()
+    assets = load_flame_assets(flame_copy)
+    assert set(assets.missing) == {"landmarks", "mediapipe", "masks", "l_eyelid", "r_eyelid"}
+    bare = FLAME(assets)
+    params = FlameParams.zeros(2, n_exp=10)
+    params.expression[:, :3] = torch.tensor([1.5, -1.0, 0.5])
+    params.jaw[:, 0] = 0.2
+    with torch.no_grad():
+        assert torch.allclose(bare(params).vertices, full(params).vertices, atol=1e-7)  # same surface
+        assert bare(params).landmarks.shape == (2, 0, 3)
+    with pytest.raises(FlameFileError, match=r"FLAME_masks\.pkl"):
+        bare.masks
+    with pytest.raises(FlameFileError, match=r"landmark_embedding\.npy"):
+        bare.require("landmarks")
+    params.eyelids[:, 0] = 0.5  # eyelids without SMIRK's eyelid blendshapes cannot be decoded
+    with pytest.raises(FlameFileError, match=r"l_eyelid\.npy"):
+        bare(params)
+
+
+def test_a_directory_without_the_model_is_refused(flame_copy):
+    (flame_copy / "generic_model.pkl").unlink()
+    with pytest.raises(FlameFileError, match=r"lacks the model: .*generic_model\.pkl"):
         load_flame_assets(flame_copy)
+
+
+def test_flame_decode_cli_with_only_generic_model(flame_copy, tmp_path):
+    import numpy as np
+    from click.testing import CliRunner
+
+    from fbench.cli import main
+
+    for name in ("landmark_embedding.npy", "mediapipe_landmark_embedding.npz", "FLAME_masks.pkl", "l_eyelid.npy",
+                 "r_eyelid.npy"):
+        (flame_copy / name).unlink()
+    np.savez(tmp_path / "p.npz", jaw=[0.2, 0, 0], expression=[2.0])
+    runner = CliRunner()
+    result = runner.invoke(main, ["flame", "decode", "--flame", str(flame_copy), "--params", str(tmp_path / "p.npz"),
+                                  "--out", str(tmp_path / "m.obj")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m.obj").stat().st_size > 0
+    result = runner.invoke(main, ["render", "--flame", str(flame_copy), "--params", str(tmp_path / "p.npz"),
+                                  "--out", str(tmp_path / "r.png")])  # renders the face region: needs the masks
+    assert result.exit_code == 1 and "FLAME_masks.pkl" in result.output and "Traceback" not in result.output
 
 
 def test_truncated_model_names_the_file(flame_copy):

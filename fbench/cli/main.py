@@ -168,7 +168,10 @@ def flame_info(flame: Path | None) -> None:
     model = load_flame_announced(flame)
     click.echo(f"vertices {model.num_vertices}, faces {model.faces.shape[0]}, joints {model.num_joints}, "
                f"shape {model.n_shape}, expression {model.n_exp}, landmarks 68 + {model.mp_lmk_vertices.shape[0]} MediaPipe")
-    click.echo("masks: " + ", ".join(f"{k} ({len(v)})" for k, v in model.masks.items()))
+    if "masks" not in model.missing:
+        click.echo("masks: " + ", ".join(f"{k} ({len(v)})" for k, v in model.masks.items()))
+    for key, looked in model.missing.items():
+        click.echo(f"  {key:<10} MISSING (looked for {looked}); decoding works, uses of it will say so")
     for key, path in model.assets_files.items():
         click.echo(f"  {key:<10} {path}")
 

@@ -10,6 +10,10 @@ A FLAME directory holds (real FLAME2020 with SMIRK's assets, or the synthetic mo
 
 SMIRK's own `assets/` layout (sub-folders FLAME2020/, FLAME_masks/,
 mediapipe_landmark_embedding/) is accepted as it is. Sizes always come from the files.
+
+Only the model file is required: a directory holding just FLAME2020's `generic_model.pkl`
+decodes meshes. A companion file is required by what uses it (landmarks, masks, eyelids),
+and that use names the missing file (`FlameAssets.missing`, `fbench.flame.FLAME.require`).
 """
 
 from __future__ import annotations
@@ -64,6 +68,9 @@ class FlameAssets:
     r_eyelid: np.ndarray  # (V,3)
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
+    # companion -> what was looked for, for the companions absent from the directory; their
+    # arrays above are empty (no landmarks, no masks) or zero (eyelid blendshapes)
+    missing: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_vertices(self) -> int:
@@ -78,24 +85,24 @@ class FlameAssets:
         return self.shapedirs.shape[2] - self.num_shape
 
 
-def find_flame_files(flame_dir: str | Path) -> dict[str, Path]:
-    """Locate every FLAME file in a directory, or raise naming all that are missing."""
+def find_flame_files(flame_dir: str | Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """Locate the FLAME files of a directory: (found, missing companions -> the names looked for).
+    Raises when the model itself is missing."""
     flame_dir = Path(flame_dir)
     if not flame_dir.is_dir():
         raise FlameFileError(f"FLAME directory {flame_dir} does not exist")
-    found, missing = {}, []
+    found, missing = {}, {}
     for key, candidates in FILE_CANDIDATES.items():
         path = next((flame_dir / c for c in candidates if (flame_dir / c).is_file()), None)
         if path is None:
-            missing.append(" or ".join(candidates))
+            missing[key] = " or ".join(f"{flame_dir}/{c}" for c in candidates)
         else:
             found[key] = path
-    if missing:
+    if "model" in missing:
         raise FlameFileError(
-            f"FLAME directory {flame_dir} lacks: {'; '.join(missing)}. "
-            "Run `fbench assets` for where to obtain them, or `fbench flame synth --out DIR` for a synthetic model."
-        )
-    return found
+            f"FLAME directory {flame_dir} lacks the model: {missing['model']}. "
+            "Run `fbench assets` for where to obtain it, or `fbench flame synth --out DIR` for a synthetic model.")
+    return found, missing
 
 
 def _as_array(value: Any, path: Path, key: str, dtype: Any, ndim: int | None = None) -> np.ndarray:
@@ -183,11 +190,40 @@ def load_flame_model(path: str | Path) -> dict[str, np.ndarray]:
 
 def load_flame_assets(flame_dir: str | Path) -> FlameAssets:
     """Load and cross-check every file of a FLAME directory."""
-    files = find_flame_files(flame_dir)
+    files, missing = find_flame_files(flame_dir)
     model = load_flame_model(files["model"])
     num_v, num_f = model["v_template"].shape[0], model["faces"].shape[0]
+    if "landmarks" in files:
+        lmk = _load_landmarks(files["landmarks"], num_f)
+    else:  # no landmarks: 17 contour points in 79 yaw bins, 51 static, 68 full (all empty)
+        lmk = (np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((79, 0), np.int64), np.zeros((79, 0, 3)),
+               np.zeros(0, np.int64), np.zeros((0, 3)))
+    if "mediapipe" in files:
+        mp = _load_mediapipe(files["mediapipe"], num_f)
+    else:
+        mp = (np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros(0, np.int64))
+    masks = _load_masks(files["masks"], num_v) if "masks" in files else {}
+    eyelids = {}
+    for key in ("l_eyelid", "r_eyelid"):
+        path = files.get(key)
+        if path is None:
+            eyelids[key] = np.zeros((num_v, 3))
+            continue
+        try:
+            eyelids[key] = np.load(path, allow_pickle=False).astype(np.float64)
+        except Exception as exc:
+            raise FlameFileError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from exc
+        _check_shape(eyelids[key], (num_v, 3), path, key)
+    static_faces, static_bary, dynamic_faces, dynamic_bary, full_faces, full_bary = lmk
+    return FlameAssets(
+        **model, static_lmk_faces=static_faces, static_lmk_bary=static_bary, dynamic_lmk_faces=dynamic_faces,
+        dynamic_lmk_bary=dynamic_bary, full_lmk_faces=full_faces, full_lmk_bary=full_bary, mp_lmk_faces=mp[0],
+        mp_lmk_bary=mp[1], mp_landmark_indices=mp[2], l_eyelid=eyelids["l_eyelid"],
+        r_eyelid=eyelids["r_eyelid"], masks=masks, files=files, missing=missing,
+    )
 
-    path = files["landmarks"]
+
+def _load_landmarks(path: Path, num_f: int) -> tuple[np.ndarray, ...]:
     lmk = _load_mapping(path)
     keys = ("static_lmk_faces_idx", "static_lmk_bary_coords", "dynamic_lmk_faces_idx", "dynamic_lmk_bary_coords",
             "full_lmk_faces_idx", "full_lmk_bary_coords")
@@ -210,8 +246,10 @@ def load_flame_assets(flame_dir: str | Path) -> FlameAssets:
     for key, arr in (("static_lmk_faces_idx", static_faces), ("dynamic_lmk_faces_idx", dynamic_faces),
                      ("full_lmk_faces_idx", full_faces)):
         _check_indices(arr, num_f, path, key)
+    return static_faces, static_bary, dynamic_faces, dynamic_bary, full_faces, full_bary
 
-    path = files["mediapipe"]
+
+def _load_mediapipe(path: Path, num_f: int) -> tuple[np.ndarray, ...]:
     mp = _load_mapping(path)
     _require(mp, path, "lmk_face_idx", "lmk_b_coords", "landmark_indices")
     mp_faces = _as_array(mp["lmk_face_idx"], path, "lmk_face_idx", np.int64, 1)
@@ -221,8 +259,10 @@ def load_flame_assets(flame_dir: str | Path) -> FlameAssets:
     _check_shape(mp_indices, (mp_faces.shape[0],), path, "landmark_indices")
     _check_indices(mp_faces, num_f, path, "lmk_face_idx")
     _check_indices(mp_indices, 478, path, "landmark_indices")
+    return mp_faces, mp_bary, mp_indices
 
-    path = files["masks"]
+
+def _load_masks(path: Path, num_v: int) -> dict[str, np.ndarray]:
     raw_masks = _load_mapping(path)
     missing = [m for m in MASK_NAMES if m not in raw_masks]
     if missing:
@@ -231,19 +271,4 @@ def load_flame_assets(flame_dir: str | Path) -> FlameAssets:
     for name, value in raw_masks.items():
         masks[name] = np.unique(_as_array(value, path, name, np.int64).reshape(-1))
         _check_indices(masks[name], num_v, path, name)
-
-    eyelids = {}
-    for key in ("l_eyelid", "r_eyelid"):
-        path = files[key]
-        try:
-            eyelids[key] = np.load(path, allow_pickle=False).astype(np.float64)
-        except Exception as exc:
-            raise FlameFileError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from exc
-        _check_shape(eyelids[key], (num_v, 3), path, key)
-
-    return FlameAssets(
-        **model, static_lmk_faces=static_faces, static_lmk_bary=static_bary, dynamic_lmk_faces=dynamic_faces,
-        dynamic_lmk_bary=dynamic_bary, full_lmk_faces=full_faces, full_lmk_bary=full_bary, mp_lmk_faces=mp_faces,
-        mp_lmk_bary=mp_bary, mp_landmark_indices=mp_indices, l_eyelid=eyelids["l_eyelid"],
-        r_eyelid=eyelids["r_eyelid"], masks=masks, files=files,
-    )
+    return masks

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fbench.flame.io import FlameAssets, load_flame_assets
+from fbench.flame.io import FlameAssets, FlameFileError, load_flame_assets
 from fbench.flame.params import FlameParams
 
 YAW_BINS_MAX_DEG = 39  # DECA/SMIRK dynamic contour: yaw bins for -39..39 degrees
@@ -87,6 +87,8 @@ class FlameOutput:
     landmarks: Tensor  # (B,68,3): 17 yaw-dependent contour points, then 51 static (SMIRK's landmarks_fan)
     landmarks_full: Tensor  # (B,68,3) fixed 3D landmarks (SMIRK's landmarks_fan_3d)
     landmarks_mp: Tensor  # (B,105,3) MediaPipe landmarks (SMIRK's landmarks_mp)
+    # A model loaded without landmark_embedding.npy / the MediaPipe embedding has (B,0,3) here;
+    # code that needs landmarks calls `FLAME.require` first, which names the missing file.
 
 
 class FLAME(nn.Module):
@@ -98,6 +100,7 @@ class FLAME(nn.Module):
         if not isinstance(assets, FlameAssets):
             assets = load_flame_assets(assets)
         self.assets_files = dict(assets.files)
+        self.missing = dict(assets.missing)  # absent companion files (see require)
         self.n_shape = min(n_shape, assets.num_shape)
         self.n_exp = min(n_exp, assets.num_expression)
         self.num_vertices = assets.num_vertices
@@ -151,8 +154,18 @@ class FLAME(nn.Module):
             joint = self.parents[joint]
         self.neck_chain = chain
 
+    def require(self, *companions: str) -> None:
+        """Raise FlameFileError naming the file when a companion this use needs is absent:
+        "landmarks" (68), "mediapipe" (105), "masks", "eyelids"."""
+        keys = [k for c in companions for k in (("l_eyelid", "r_eyelid") if c == "eyelids" else (c,))]
+        absent = [self.missing[k] for k in keys if k in self.missing]
+        if absent:
+            raise FlameFileError(f"this needs FLAME companion file(s) the model directory lacks: {'; '.join(absent)} "
+                                 "(`fbench assets` says where to get SMIRK's FLAME assets)")
+
     @property
     def masks(self) -> dict[str, Tensor]:
+        self.require("masks")
         return {name: getattr(self, f"mask_{name}") for name in self.mask_names}
 
     @property
@@ -188,6 +201,8 @@ class FLAME(nn.Module):
 
         # Eyelids are added after skinning, as SMIRK does (src/FLAME/FLAME.py), and then the
         # translation: both linear, so one product with [l_eyelid; r_eyelid; unit x/y/z offsets].
+        if "l_eyelid" in self.missing and bool(p.eyelids.any()):
+            self.require("eyelids")
         post = torch.cat([p.eyelids, p.translation], dim=1)
         planar = torch.addmm(planar.reshape(batch, -1), post, self.post_skinning_dirs).reshape(batch, 3, -1)
         vertices = planar.transpose(1, 2).contiguous()
