@@ -45,7 +45,7 @@ def load_command_config(cls: type[T], path: Path | None, overrides: tuple[str, .
                         explicit: Mapping[str, Any] | None = None) -> T:
     """Defaults < `--config` file < `-o` overrides < options typed on the command line (`explicit`,
     dotted keys). Errors name the key and become usage errors."""
-    from fbench.config import ConfigError, load_config, to_plain
+    from fbench.config import ConfigError, load_config
 
     extra = [f"{key}={_yaml_scalar(value)}" for key, value in (explicit or {}).items()]
     try:
