@@ -1,4 +1,5 @@
-"""Training tensors from shards the SMIRK way, the augmentations, mixing and splitting over readers."""
+"""Training tensors from shards the SMIRK way (methods/smirk/data.py, augment.py), and the generic
+shard streams they ride on (fbench/shards/stream.py): mixing and splitting over readers."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import torch
 
 from fbench.landmarks import LandmarkConfig, SMIRK_MEDIAPIPE_INDICES
 from fbench.shards import SourceOptions
-from fbench.shards.augment import SmirkAugment, shift_scale_rotate_matrix
+from fbench.geometry.alignment import umeyama
 from fbench.shards.prep import PrepConfig, run_prep
 from fbench.shards.reader import iter_samples, shard_paths
-from fbench.shards.training import (MixedShardDataset, ShardDataset, ShardSet, SmirkDataConfig, batch_composition,
-                                    crop_transform, hull_mask, prepare_sample, shard_set, similarity_lstsq, smirk_mix,
-                                    split_shards)
+from fbench.shards.stream import MixedShardDataset, ShardDataset, ShardSet, batch_composition, shard_set, split_shards
+from methods.smirk.augment import SmirkAugment, shift_scale_rotate_matrix
+from methods.smirk.data import SmirkDataConfig, SmirkTransform, crop_transform, hull_mask, prepare_sample, smirk_mix
 from test_shards_data import CLIP_FRAMES, ToySource, write_toy_dataset
 
 
@@ -55,7 +56,7 @@ def test_hull_mask_is_one_outside_the_face() -> None:
     assert mask.dtype == np.uint8 and mask[50, 50] == 0 and mask[5, 5] == 1 and mask[95, 50] == 1
 
 
-def test_similarity_lstsq_matches_skimage() -> None:
+def test_umeyama_on_image_points_matches_skimage() -> None:
     from skimage.transform import SimilarityTransform
 
     rng = np.random.default_rng(0)
@@ -66,7 +67,7 @@ def test_similarity_lstsq_matches_skimage() -> None:
     else:
         tform = SimilarityTransform()
         tform.estimate(src, dst)
-    assert np.allclose(similarity_lstsq(src, dst), tform.params[:2], atol=1e-8)
+    assert np.allclose(umeyama(src, dst).affine(), tform.params[:2], atol=1e-8)
 
 
 def test_batch_composition_matches_smirks_sampler() -> None:
@@ -156,7 +157,7 @@ def test_eval_pass_reads_each_sample_once_across_workers(prepped: Path, workers:
     expected = sorted(s.key for s in iter_samples(map(Path, val.shards), decode_image=False)
                       if np.isfinite(s.mp).all())
     assert len(expected) == (2 if shards == 1 else CLIP_FRAMES - 1)
-    loader = torch.utils.data.DataLoader(ShardDataset(val), batch_size=3, num_workers=workers)
+    loader = torch.utils.data.DataLoader(ShardDataset(val, SmirkTransform(train=False)), batch_size=3, num_workers=workers)
     keys = [k for batch in loader for k in batch["key"]]
     assert sorted(keys) == expected
 
@@ -167,7 +168,7 @@ def test_ranks_see_disjoint_samples(prepped: Path, monkeypatch: pytest.MonkeyPat
     for rank in range(3):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "3")
-        seen.append({s["key"] for s in ShardDataset(one)})
+        seen.append({s["key"] for s in ShardDataset(one, SmirkTransform(train=False))})
     assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
     assert len(seen[0] | seen[1] | seen[2]) == 4 + CLIP_FRAMES - 1  # all but the black frame
 
@@ -175,7 +176,7 @@ def test_ranks_see_disjoint_samples(prepped: Path, monkeypatch: pytest.MonkeyPat
 def test_mixed_batches_have_smirks_composition(prepped: Path) -> None:
     train = shard_set("images", prepped, weight=0.75, splits=["train"])
     video = shard_set("video", prepped, weight=0.25, splits=["val"])
-    ds = MixedShardDataset([train, video], batch_size=8, batches_per_epoch=3, shuffle_buffer=4, seed=1)
+    ds = MixedShardDataset([train, video], SmirkTransform(), batch_size=8, batches_per_epoch=3, shuffle_buffer=4, seed=1)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
     batches = list(loader)
     assert len(batches) == 3
@@ -187,14 +188,14 @@ def test_mixed_batches_have_smirks_composition(prepped: Path) -> None:
 
 def test_label_filter_selects_views(prepped: Path) -> None:
     only_a1 = ShardSet("a1", tuple(map(str, shard_paths(prepped))), labels={"variant": ("a1.jpg",)})
-    keys = {s["key"] for s in ShardDataset(only_a1)}
+    keys = {s["key"] for s in ShardDataset(only_a1, SmirkTransform(train=False))}
     assert keys == {"toy_train-a1"}
 
 
 def test_endless_stream_over_nothing_fails_instead_of_spinning(prepped: Path) -> None:
     nothing = ShardSet("none", tuple(map(str, shard_paths(prepped))), labels={"variant": ("no-such-view",)})
     with pytest.raises(RuntimeError, match="no samples"):
-        next(iter(MixedShardDataset([nothing], batch_size=2)))
+        next(iter(MixedShardDataset([nothing], SmirkTransform(), batch_size=2)))
 
 
 def test_smirk_mix_reports_missing_datasets(prepped: Path, tmp_path: Path) -> None:
@@ -211,8 +212,8 @@ def test_samples_without_mediapipe_are_skipped_by_default(tmp_path: Path) -> Non
                                      options=SourceOptions(splits=("val",)),
                                      landmarks=LandmarkConfig(fan="off", mediapipe_backend="facemesh", size=128)))
     one = shard_set("toy", tmp_path / "out" / "toy", splits=None)
-    keys = [s["key"] for s in ShardDataset(one)]
+    keys = [s["key"] for s in ShardDataset(one, SmirkTransform(train=False))]
     assert len(keys) == CLIP_FRAMES - 1 and "toy_val-clip_f000005" not in keys
-    kept = [s for s in ShardDataset(one, SmirkDataConfig(require_mediapipe=False))]
+    kept = [s for s in ShardDataset(one, SmirkTransform(SmirkDataConfig(require_mediapipe=False), train=False))]
     black = [s for s in kept if s["key"] == "toy_val-clip_f000005"][0]
     assert black["flag_landmarks_mp"] is False and black["mask"].min() == 1

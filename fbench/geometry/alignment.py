@@ -26,8 +26,8 @@ class Similarity(NamedTuple):
     """``x -> scale * rotation @ x + translation``; unpacks as ``(s, R, t)``."""
 
     scale: float
-    rotation: np.ndarray  # (3, 3), det +1
-    translation: np.ndarray  # (3,)
+    rotation: np.ndarray  # (d, d), det +1 (d = 3, or 2 for image points)
+    translation: np.ndarray  # (d,)
 
     @classmethod
     def identity(cls) -> Similarity:
@@ -64,11 +64,16 @@ class Similarity(NamedTuple):
         )
 
     def matrix(self) -> np.ndarray:
-        """(4, 4) homogeneous matrix."""
-        m = np.eye(4)
-        m[:3, :3] = self.scale * self.rotation
-        m[:3, 3] = self.translation
+        """(d+1, d+1) homogeneous matrix."""
+        d = len(self.translation)
+        m = np.eye(d + 1)
+        m[:d, :d] = self.scale * self.rotation
+        m[:d, d] = self.translation
         return m
+
+    def affine(self) -> np.ndarray:
+        """(d, d+1) matrix ``[s R | t]`` (OpenCV's 2x3 affine for image points)."""
+        return self.matrix()[:-1]
 
 
 def umeyama(
@@ -78,23 +83,25 @@ def umeyama(
 
     Minimises ``sum_i w_i |dst_i - (s R src_i + t)|^2`` over rotations (never
     reflections: the sign correction of Umeyama's Lemma is applied), scale ``s > 0``
-    (``s = 1`` when ``with_scale`` is False) and translation.
+    (``s = 1`` when ``with_scale`` is False) and translation. Points are 3D (meshes,
+    scans) or 2D (image landmarks: what skimage's ``SimilarityTransform.estimate`` gives).
 
     Args:
-        src, dst: (N, 3) corresponding points.
-        weights: optional (N,) non-negative weights (at least 3 positive).
+        src, dst: (N, d) corresponding points, d = 2 or 3.
+        weights: optional (N,) non-negative weights (at least d positive).
 
     Returns:
         :class:`Similarity` ``(s, R, t)``.
 
     Raises:
-        ValueError: mismatched shapes, NaNs, fewer than 3 weighted points, or points on
+        ValueError: mismatched shapes, NaNs, fewer than d weighted points, or 3D points on
             a line (rotation about that line is undetermined).
     """
     x = np.asarray(src, dtype=np.float64)
     y = np.asarray(dst, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != 3 or x.shape != y.shape:
-        raise ValueError(f"src and dst must both be (N, 3), got {x.shape} and {y.shape}")
+    if x.ndim != 2 or x.shape[1] not in (2, 3) or x.shape != y.shape:
+        raise ValueError(f"src and dst must both be (N, 2) or (N, 3), got {x.shape} and {y.shape}")
+    dim = x.shape[1]
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise ValueError("src/dst contain NaN or infinite values")
     if weights is None:
@@ -103,8 +110,8 @@ def umeyama(
         w = np.asarray(weights, dtype=np.float64)
         if w.shape != (x.shape[0],) or not np.isfinite(w).all() or (w < 0).any():
             raise ValueError("weights must be (N,) finite and non-negative")
-    if np.count_nonzero(w) < 3:
-        raise ValueError("need at least 3 points with positive weight")
+    if np.count_nonzero(w) < dim:
+        raise ValueError(f"need at least {dim} points with positive weight")
     w = w / w.sum()
     mu_x = w @ x
     mu_y = w @ y
@@ -113,12 +120,12 @@ def umeyama(
     var_x = float(w @ (xc * xc).sum(axis=1))
     cov = (yc * w[:, None]).T @ xc  # Sigma_xy of the paper: E[(y - mu_y)(x - mu_x)^T]
     u, sv, vt = np.linalg.svd(cov)
-    if var_x <= 0 or sv[1] <= 1e-12 * max(sv[0], 1e-300):
+    if var_x <= 0 or sv[dim - 2] <= 1e-12 * max(sv[0], 1e-300):
         raise ValueError("points are (nearly) collinear or coincident: rotation is undetermined")
-    d = np.ones(3)
+    d = np.ones(dim)
     # Reflection guard: flip the weakest axis when U V^T would be a reflection.
     if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[2] = -1.0
+        d[-1] = -1.0
     rot = (u * d) @ vt
     s = float((sv * d).sum() / var_x) if with_scale else 1.0
     t = mu_y - s * rot @ mu_x

@@ -5,8 +5,9 @@
 - `prep`: `PrepConfig`, `run_prep` (sources -> landmarks -> crops -> shards, resumable, parts);
   `plan`: items -> units (one unit = one shard); `worker`: a unit -> a shard; `writer`: tar files
 - `manifest`: manifest.json / rejects.jsonl, merging part manifests
-- `reader`: iterate shard samples; `training`: SMIRK-style training tensors and dataset mixing
-- `cli`: the `fbench shards` group and the reusable prep command options
+- `reader`: iterate shard samples; `stream`: webdataset pipelines for training and evaluation
+  (splitting over readers, resampling, shuffling, fixed-composition mixing, a per-sample
+  transform supplied by the method)
 """
 
 from fbench.shards.keys import UnsafePathError, resolve_in_root, safe_key, safe_relpath

@@ -20,6 +20,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+
+from fbench.geometry.alignment import umeyama
 from PIL import Image
 
 from fbench.synth.faces import Appearance, Camera, Rendered
@@ -90,21 +92,9 @@ def similarity_camera(camera: Camera, A: np.ndarray, b: np.ndarray, width: int, 
 
 
 def similarity_fit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares similarity (A = s*rotation, b) taking points `src` (k,2) onto `dst` (k,2); exact for k = 2.
-
-    As complex numbers z' = k z + m: k = sum (w - w_mean) conj(z - z_mean) / sum |z - z_mean|^2.
-    """
-    z = np.asarray(src, dtype=np.float64) @ np.array([1.0, 1j])
-    w = np.asarray(dst, dtype=np.float64) @ np.array([1.0, 1j])
-    if z.shape != w.shape or z.size < 2:
-        raise ValueError(f"need two or more matching points, got {np.shape(src)} and {np.shape(dst)}")
-    dz, dw = z - z.mean(), w - w.mean()
-    spread = float(np.sum(np.abs(dz) ** 2))
-    if spread == 0:
-        raise ValueError("the source points coincide")
-    k = complex(np.sum(dw * np.conj(dz)) / spread)
-    m = w.mean() - k * z.mean()
-    return np.array([[k.real, -k.imag], [k.imag, k.real]]), np.array([m.real, m.imag])
+    """Least-squares similarity (A = s*rotation, b) taking points `src` (k,2) onto `dst` (k,2); exact for k = 2."""
+    s, rot, t = umeyama(src, dst)
+    return s * rot, t
 
 
 def restyle(appearance: Appearance, rng: np.random.Generator) -> Appearance:
