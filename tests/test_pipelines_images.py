@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from fbench.shards import SourceOptions
-from fbench.synth import write_synthetic_dataset
 from fbench.synth.ground_truth import read_ground_truth
 from pipelines import celeba, ffhq
+from conftest import shared_synthetic
 from pipelines_support import check_counts, load_prepped, mediapipe_error, prep_cli, source_landmarks
 
 FLOAT_TOL_PX = 1e-3
@@ -48,9 +48,7 @@ def text(value) -> str:
 
 @pytest.fixture(scope="module")
 def ffhq_root(tmp_path_factory, flame) -> Path:
-    root = tmp_path_factory.mktemp("ffhq") / "FFHQ"
-    write_synthetic_dataset("ffhq", root, n=4, seed=1, corrupt=2, flame=flame)
-    return root
+    return shared_synthetic(tmp_path_factory, "ffhq", flame, n=4, seed=1, corrupt=2).root
 
 
 def test_ffhq_prep_matches_ground_truth(ffhq_root, tmp_path) -> None:
@@ -130,9 +128,7 @@ def test_ffhq_without_json_splits_by_index(tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def celeba_root(tmp_path_factory, flame) -> Path:
-    root = tmp_path_factory.mktemp("celeba") / "CelebA"
-    write_synthetic_dataset("celeba", root, n=10, seed=0, corrupt=2, flame=flame)
-    return root
+    return shared_synthetic(tmp_path_factory, "celeba", flame, n=10, seed=0, corrupt=2).root
 
 
 def test_celeba_prep_matches_ground_truth(celeba_root, tmp_path) -> None:
@@ -207,9 +203,7 @@ AFFECTNET_TOL_PX = 0.005 + FLOAT_TOL_PX  # the CSV's two decimals
 
 @pytest.fixture(scope="module")
 def affectnet_root(tmp_path_factory, flame) -> Path:
-    root = tmp_path_factory.mktemp("affectnet") / "AffectNet"
-    write_synthetic_dataset("affectnet", root, n=12, seed=0, corrupt=2, flame=flame)
-    return root
+    return shared_synthetic(tmp_path_factory, "affectnet", flame, n=12, seed=0, corrupt=2).root
 
 
 def test_affectnet_prep_matches_ground_truth(affectnet_root, tmp_path) -> None:

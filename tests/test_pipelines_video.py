@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from fbench.shards import SourceOptions
-from fbench.synth import write_synthetic_dataset
 from fbench.synth.ground_truth import read_ground_truth
 from pipelines import lrs3, mead
+from conftest import shared_synthetic
 from pipelines_support import check_counts, load_prepped, mediapipe_error, prep_cli, source_landmarks
 
 TOL_PX = 2e-3
@@ -94,8 +94,8 @@ def check_landmarks(samples, gt, table_rows: dict[tuple[str, int], tuple[str, in
 def lrs3_root(tmp_path_factory, flame) -> tuple[Path, Path]:
     """Synthetic LRS3 plus copies of its trainval speaker under new video ids (so a speaker split
     has something to split), and a landmark table covering the copies."""
-    root = tmp_path_factory.mktemp("lrs3") / "LRS3"
-    write_synthetic_dataset("lrs3", root, n=LRS3_N, seed=LRS3_SEED, corrupt=LRS3_CORRUPT, flame=flame)
+    root = tmp_path_factory.mktemp("lrs3") / "LRS3"  # a copy: this module adds speakers/actors
+    shutil.copytree(shared_synthetic(tmp_path_factory, "lrs3", flame, n=LRS3_N, seed=LRS3_SEED, corrupt=LRS3_CORRUPT).root, root)
     gt = read_ground_truth(root)
     original = sorted({p.split("/")[1] for p in gt.paths if p.startswith("trainval/")})
     assert len(original) == 1
@@ -289,8 +289,8 @@ def test_lrs3_wrong_root_is_a_clear_error(tmp_path) -> None:
 def mead_root(tmp_path_factory, flame) -> tuple[Path, Path]:
     """Synthetic MEAD (one take, seven views, one actor) copied to a val and a test actor, plus a
     landmark table covering the copies."""
-    root = tmp_path_factory.mktemp("mead") / "MEAD"
-    write_synthetic_dataset("mead", root, n=MEAD_N, seed=MEAD_SEED, corrupt=MEAD_CORRUPT, flame=flame)
+    root = tmp_path_factory.mktemp("mead") / "MEAD"  # a copy: this module adds speakers/actors
+    shutil.copytree(shared_synthetic(tmp_path_factory, "mead", flame, n=MEAD_N, seed=MEAD_SEED, corrupt=MEAD_CORRUPT).root, root)
     gt = read_ground_truth(root)
     (actor,) = {p.split("/")[0] for p in gt.paths}
     for copy in MEAD_COPIES:
