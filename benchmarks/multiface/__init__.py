@@ -131,8 +131,8 @@ def _read_image(path: Path) -> np.ndarray:
 
 def _fingerprint(config: MultifaceConfig, method: Reconstructor) -> str:
     keys = {k: v for k, v in asdict(config).items() if k not in ("worst_renders", "max_skip_fraction", "batch_size")}
-    keys["method_type"] = type(method).__qualname__
-    keys["crop"] = repr(method.crop)
+    keys["crop"] = repr(method.crop)  # with method_name and checkpoint: which model made the cached numbers
+    keys["n_exp"] = int(method.n_exp)
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
