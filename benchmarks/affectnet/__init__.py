@@ -89,10 +89,11 @@ class AffectNetConfig:
     patience: int = 10
     holdout_fraction: float = 0.1
     seed: int = 0
+    probe_threads: int = 0  # torch threads while training the probe (0: torch's setting)
 
     def probe(self) -> ProbeConfig:
         return ProbeConfig(self.mlp_layers, self.mlp_dim, self.learning_rate, self.train_batch_size, self.max_epochs,
-                           self.val_check_interval, self.patience, self.holdout_fraction, self.seed)
+                           self.val_check_interval, self.patience, self.holdout_fraction, self.seed, self.probe_threads)
 
 
 @dataclass

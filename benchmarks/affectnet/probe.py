@@ -58,6 +58,7 @@ class ProbeConfig:
     patience: int = 10
     holdout_fraction: float = 0.1
     seed: int = 0
+    threads: int = 0  # torch intra-op threads while training (0: torch's setting; 1 is fastest for small MLPs on busy cores)
 
 
 class EmotionMLP(nn.Module):
@@ -77,12 +78,17 @@ class EmotionMLP(nn.Module):
 
 def _pcc(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     dx, dy = x - x.mean(), y - y.mean()
-    return (dx * dy).sum() / ((dx.pow(2).sum() * dy.pow(2).sum()).sqrt() + 1e-8)
+    # clamp: a constant batch (a method that predicts one face) has no gradient through sqrt(0)
+    return (dx * dy).sum() / (dx.pow(2).sum() * dy.pow(2).sum()).clamp_min(1e-12).sqrt()
 
 
 def _ccc(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    sx, sy = x.std(), y.std()  # Bessel-corrected, as EMOCA's CCC_torch
-    return 2 * _pcc(x, y) * sx * sy / (sx.pow(2) + sy.pow(2) + (x.mean() - y.mean()).pow(2) + 1e-8)
+    # EMOCA's CCC_torch: 2 pcc sx sy / (sx^2 + sy^2 + (mx - my)^2) with Bessel-corrected sx, sy;
+    # pcc sx sy is the Bessel-corrected covariance, written so (no square root at zero spread).
+    dx, dy = x - x.mean(), y - y.mean()
+    n1 = max(x.numel() - 1, 1)
+    cov, vx, vy = (dx * dy).sum() / n1, dx.pow(2).sum() / n1, dy.pow(2).sum() / n1
+    return 2 * cov / (vx + vy + (x.mean() - y.mean()).pow(2)).clamp_min(1e-12)
 
 
 def probe_loss(out, expression: torch.Tensor, valence: torch.Tensor, arousal: torch.Tensor,
@@ -119,6 +125,16 @@ class TrainedProbe:
 def train_probe(features: np.ndarray, expression: np.ndarray, valence: np.ndarray, arousal: np.ndarray,
                 config: ProbeConfig) -> TrainedProbe:
     """Train on `features` (N, D) with labels; early-stop on a seeded hold-out of these rows."""
+    if config.threads:
+        from fbench.synth.faces import torch_threads
+
+        with torch_threads(config.threads):
+            return _train(features, expression, valence, arousal, config)
+    return _train(features, expression, valence, arousal, config)
+
+
+def _train(features: np.ndarray, expression: np.ndarray, valence: np.ndarray, arousal: np.ndarray,
+           config: ProbeConfig) -> TrainedProbe:
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     n = len(features)
