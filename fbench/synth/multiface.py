@@ -92,6 +92,7 @@ HEAD_MOTION = PoseRanges(pitch=10.0, yaw=20.0, roll=5.0)  # a seated subject doi
 KEYFRAME_EVERY = 4  # expression keyframes every 4 written frames (12 capture frames, 0.4 s)
 FRONTAL_R = np.diag([1.0, -1.0, -1.0])  # FLAME (y up, face towards +z) -> camera in front of the face
 ENTITY_DATE, ENTITY_TIME = "20000101", "0000"  # obviously not a real capture session
+MESH_FRAMES = ("head", "world")  # what the tracked-mesh files hold (write(mesh_frame=...))
 CORRUPTIONS = ("truncated_bin", "missing_transform", "truncated_png", "nan_bin")  # code = index + 1
 
 
@@ -281,12 +282,18 @@ def _open_permissions(root: Path) -> None:
 
 
 def write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, *,
-          image_downscale: int = DEFAULT_IMAGE_DOWNSCALE) -> SynthResult:
+          image_downscale: int = DEFAULT_IMAGE_DOWNSCALE, mesh_frame: str = "head") -> SynthResult:
     """Write one synthetic MultiFace capture of `n` frames of EXP_ROM07_Facial_Expressions under `out`.
 
     `image_downscale` divides the release's 1334 x 2048 image size (KRT intrinsics follow).
-    Deterministic for (`seed`, `n`, `image_downscale`, the FLAME model).
+    `mesh_frame` says which frame the tracked-mesh files use: "head" (the release's loader:
+    world = R_f v + t_f with the frame's _transform.txt) or "world" (the reading of some public
+    sources, e.g. the release's issue 33: vertices already in world coordinates; _transform.txt
+    is still written, holding the same head pose). Readers must tell the two apart from the data.
+    Deterministic for (`seed`, `n`, `image_downscale`, `mesh_frame`, the FLAME model).
     """
+    if mesh_frame not in MESH_FRAMES:
+        raise ValueError(f"mesh_frame must be one of {MESH_FRAMES}, got {mesh_frame!r}")
     if n < 1:
         raise ValueError(f"need at least one frame, got n={n}")
     if not 0 <= corrupt <= n:
@@ -335,7 +342,8 @@ def write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, *,
     S, R_A = MM_PER_M, rig.R_flame
     front = rig.cameras[FRONTAL_CAMERA]
 
-    gt = GroundTruthWriter("multiface", seed, attrs=_attrs(layout, rig, topology, flame, image_downscale))
+    gt = GroundTruthWriter("multiface", seed, attrs={**_attrs(layout, rig, topology, flame, image_downscale),
+                                                     "mesh_frame": mesh_frame})
     out.mkdir(parents=True, exist_ok=True)
     # Everything goes to a hidden staging folder that replaces the entity folder at the end.
     stage = Path(tempfile.mkdtemp(prefix=f".{layout.entity}.", dir=out))
@@ -358,7 +366,7 @@ def write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, *,
             R_f, t_f = transform[:, :3], transform[:, 3]
 
             world = S * topology.points(vertices[i]) @ R_A.T + t_world
-            head = _solve_rows(R_f, world - t_f).astype("<f4")
+            head = (_solve_rows(R_f, world - t_f) if mesh_frame == "head" else world).astype("<f4")
             head_meshes.append(head)
             write_multiface_bin(at(layout.mesh(frame, "bin")), head)
             write_mesh(at(layout.mesh(frame, "obj")),
@@ -378,14 +386,15 @@ def write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, *,
             gap = float(np.abs(lmk68 - picture.landmarks68).max())
             if gap > 0.05:
                 raise RuntimeError(f"rendered landmarks differ from the KRT projection by {gap:.3f} px")
-            R_mesh = np.linalg.solve(R_f, R_A)
+            R_mesh = np.linalg.solve(R_f, R_A) if mesh_frame == "head" else R_A
+            t_mesh = np.linalg.solve(R_f, t_world - t_f) if mesh_frame == "head" else t_world
             gt.add(f"multiface_{layout.entity.split('--')[3]}_{SEGMENT}_{frame:06d}",
                    layout.image(FRONTAL_CAMERA, frame), _row(params, i), frame=frame,
                    camera_K=front.K, camera_R=front.R, camera_t=front.t, image_size=np.array(image_size),
                    head_pose=transform,
                    flame_to_world_scale=np.float64(S), flame_to_world_R=R_A, flame_to_world_t=t_world,
                    flame_to_mesh_scale=np.float64(S), flame_to_mesh_R=R_mesh,
-                   flame_to_mesh_t=np.linalg.solve(R_f, t_world - t_f),
+                   flame_to_mesh_t=t_mesh,
                    landmarks68=lmk68, landmarks_mp=front.project(lmk_mp_world),
                    landmarks68_3d=lmk68_world, landmarks_mp_3d=lmk_mp_world,
                    face_mask=np.packbits(picture.face_mask, axis=1),
