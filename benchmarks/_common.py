@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import logging
@@ -13,9 +12,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import yaml
 
-from fbench.synth.files import atomic_write_bytes, atomic_write_text
+from fbench.config import save_config
+from fbench.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 MIN_ITEMS_FOR_FAIL_CHECK = 4
@@ -51,9 +50,8 @@ def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, An
 
 
 def write_config(path: Path, config: Any, **extra: Any) -> Path:
-    """The resolved config (dataclass fields) plus run facts, as YAML."""
-    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-    return atomic_write_text(path, yaml.safe_dump(_plain({**data, **extra}), sort_keys=False))
+    """The resolved config plus run facts (`run:`), as YAML."""
+    return save_config(config, path, extra={"run": _plain(extra)})
 
 
 def save_npz(path: Path, **arrays: Any) -> Path:

@@ -11,8 +11,9 @@
   file, else FLAME's mean face (all zeros: FLAME's bases are PCA components around the mean).
   It knows nothing about the image, so it scores the floor.
 
-Both are `MethodPlugin`s with a config dataclass holding the dataset root; `from_checkpoint`
-takes the ground-truth file (or the dataset root) in place of a checkpoint.
+Both are `MethodPlugin`s with a config dataclass holding the dataset root (`data_root`, which
+`fbench eval` fills with the benchmark's root); `from_checkpoint` takes the ground-truth file
+(or the dataset root) in place of a checkpoint.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ReferenceConfig:
-    """`root`: the dataset root holding fbench_ground_truth.h5 (or the file itself)."""
+    """`data_root`: the dataset root holding fbench_ground_truth.h5 (or the file itself)."""
 
-    root: str = ""
+    data_root: str = ""
     crop_size: int = 224
     crop_scale: float = 1.4
 
@@ -46,7 +47,7 @@ class OracleReconstructor:
 
     def __init__(self, root: str | Path, crop: CropSpec | None = None) -> None:
         if not str(root):
-            raise ValueError("the oracle needs the dataset root (config `root`) to find fbench_ground_truth.h5")
+            raise ValueError("the oracle needs the dataset root (config `data_root`) to find fbench_ground_truth.h5")
         self.gt = read_ground_truth(root)
         self.crop = crop or CropSpec()
         self.n_exp = int(self.gt.flame["expression"].shape[1])
@@ -95,11 +96,11 @@ def _crop(config: ReferenceConfig) -> CropSpec:
 ORACLE = MethodPlugin(
     name="oracle", summary="ground-truth FLAME parameters of synthetic data (the benchmark ceiling)",
     config=ReferenceConfig,
-    build=lambda config: OracleReconstructor(config.root, _crop(config)),
+    build=lambda config: OracleReconstructor(config.data_root, _crop(config)),
     from_checkpoint=lambda path: OracleReconstructor(path))
 
 MEAN = MethodPlugin(
     name="mean", summary="the dataset's mean FLAME parameters for every image (the benchmark floor)",
     config=ReferenceConfig,
-    build=lambda config: MeanReconstructor(config.root or None, _crop(config)),
+    build=lambda config: MeanReconstructor(config.data_root or None, _crop(config)),
     from_checkpoint=lambda path: MeanReconstructor(path))

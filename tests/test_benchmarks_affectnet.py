@@ -51,7 +51,7 @@ def test_oracle_reaches_the_ceiling_and_mean_is_the_floor(an_root, tmp_path):
     ceiling = _ceiling(an_root)
     res = {}
     for plugin in (ORACLE, MEAN):
-        method = plugin.build(ReferenceConfig(root=str(an_root)))
+        method = plugin.build(ReferenceConfig(data_root=str(an_root)))
         res[plugin.name] = BENCHMARK.evaluate(method, an_root, tmp_path / plugin.name,
                                               AffectNetConfig(method_name=plugin.name, **FAST))
     oracle, mean = res["oracle"], res["mean"]
@@ -97,7 +97,7 @@ def test_bad_rows_skipped_and_features_cached(an_root, tmp_path):
     (root / "Manually_Annotated_Images" / first).write_bytes(b"\xff\xd8 not a jpeg")  # corrupt image
     lines[2] = lines[2][:60]  # malformed row (cut inside the landmarks)
     val_csv.write_text("\n".join(lines) + "\n")
-    method = _Counting(ORACLE.build(ReferenceConfig(root=str(root))))
+    method = _Counting(ORACLE.build(ReferenceConfig(data_root=str(root))))
     config = AffectNetConfig(method_name="oracle", **{**FAST, "max_epochs": 5})
     first_run = BENCHMARK.evaluate(method, root, tmp_path / "out", config)
     assert first_run["n_skipped"] == 2 and first_run["skipped"] == {"bad_row": 1, "bad_image": 1}

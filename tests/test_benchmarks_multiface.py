@@ -82,7 +82,7 @@ def test_reader_decides_the_coordinate_frame(mf_head, mf_world, which, expected)
 def test_oracle_is_zero_and_mean_is_the_floor(mf_head, flame_dir, tmp_path):
     results = {}
     for plugin in (ORACLE, MEAN):
-        method = plugin.build(ReferenceConfig(root=str(mf_head)))
+        method = plugin.build(ReferenceConfig(data_root=str(mf_head)))
         results[plugin.name] = BENCHMARK.evaluate(method, mf_head, tmp_path / plugin.name,
                                                   _config(flame_dir, method_name=plugin.name,
                                                           worst_renders=1 if plugin is MEAN else 0))
@@ -124,7 +124,7 @@ def test_bad_frames_are_skipped_counted_and_runs_resume(mf_head, flame_dir, tmp_
     refs = entity.frames
     (root / refs[0].mesh).write_bytes((root / refs[0].mesh).read_bytes()[:1000])  # truncated scan
     (root / refs[1].transform).unlink()  # listed frame with a missing file
-    oracle = ORACLE.build(ReferenceConfig(root=str(root)))
+    oracle = ORACLE.build(ReferenceConfig(data_root=str(root)))
     config = _config(flame_dir, method_name="oracle", max_skip_fraction=0.6)
     first = BENCHMARK.evaluate(oracle, root, tmp_path / "out", config)
     assert first["n_items"] == 2 and first["n_skipped"] == 2

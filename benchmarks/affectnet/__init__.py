@@ -46,7 +46,7 @@ from benchmarks.multiface.protocol import crop_for_method
 from fbench import metrics as M
 from fbench.plugins import BenchmarkPlugin, ItemRef, Reconstructor
 from fbench.report import Table, plot_confusion_matrix, to_markdown
-from fbench.synth.files import atomic_write_text
+from fbench.io import atomic_write_text
 from fbench.synth.ground_truth import GROUND_TRUTH_FILE
 from pipelines.affectnet import CLASSES, CSV_FILES, IMAGE_DIRS, NOT_ANNOTATED, RowError, find_file, parse_row
 

@@ -34,7 +34,7 @@ import json
 import logging
 import shutil
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -406,7 +406,7 @@ def _finish(root: Path, out_dir: Path, config: MultifaceConfig, method: Reconstr
                   reference=PUBLISHED, reference_title=PUBLISHED_TITLE,
                   note=("Synthetic data: the published rows below are for orientation only and are not comparable."
                         if synthetic else ""))
-    from fbench.synth.files import atomic_write_text
+    from fbench.io import atomic_write_text
 
     atomic_write_text(out_dir / "table.md", to_markdown(table, digits=3))
     _plots(root, out_dir, config, per_item, distances, entities, setups)

@@ -324,6 +324,29 @@ def demo(out: Path, flame: Path | None) -> None:
     click.echo(f"demo finished: outputs in {out} (synthetic FLAME: {model.flame_source.synthetic})")
 
 
+@main.command("report")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.md"), show_default=True,
+              help="Markdown file; the CSV and LaTeX tables go beside it (.csv, .tex).")
+def report(folder: Path, out: Path) -> None:
+    """Gather every metrics.json under FOLDER into one table per benchmark (methods as rows,
+    published reference rows apart), as Markdown, CSV and LaTeX.
+
+    \b
+    Example:
+      fbench eval multiface --method smirk && fbench eval multiface --method oracle
+      fbench report results/ --out report.md
+    """
+    from fbench.report import gather_results, write_tables
+
+    tables = gather_results(folder)
+    if not tables:
+        raise click.ClickException(f"{folder}: no metrics.json of a benchmark run below it")
+    paths = write_tables(tables, out)
+    click.echo(f"{len(tables)} table(s), {sum(len(t.rows) for t in tables)} result row(s): "
+               + ", ".join(str(p) for p in paths.values()))
+
+
 main.add_command(PluginGroup("prep", registry_kind="pipelines", make=lambda p: p.command, stage="prep",
                              help="Turn a raw dataset into landmark-annotated WebDataset shards.\n\n"
                                   "\b\nExample:\n  fbench prep affectnet --out shards/"))

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import click
 
-from fbench.cli.options import CONTEXT, config_options, dataset_root, load_command_config, user_errors
+from fbench.cli.options import CONTEXT, config_options, dataset_root, flame_option, load_command_config, user_errors
 from fbench.plugins import BenchmarkPlugin, MethodPlugin
 from fbench.registry import PluginError, registry
 
@@ -92,7 +92,7 @@ def method_reconstructor(method: MethodPlugin, checkpoint: Path | None, options:
     config = load_command_config(method.config, None, options)
     if data_root is not None and "data_root" in {f.name for f in dataclasses.fields(config)} \
             and not getattr(config, "data_root"):
-        config = dataclasses.replace(config, data_root=data_root)
+        config = dataclasses.replace(config, data_root=str(data_root))
     return method.build(config)
 
 
@@ -114,23 +114,31 @@ def eval_command(benchmark: BenchmarkPlugin) -> click.Command:
                   help=f"Results folder [default: results/{benchmark.name}/<method>].")
     @click.option("--method-option", "method_options", multiple=True, metavar="KEY=VALUE",
                   help="A setting of the method's config (methods built without a checkpoint), repeatable.")
+    @flame_option
     @config_options
     @user_errors(ValueError)
     def command(method_name: str, checkpoint: Path | None, root: Path | None, out: Path | None,
-                method_options: tuple[str, ...], config_path: Path | None, overrides: tuple[str, ...]) -> None:
+                method_options: tuple[str, ...], flame: Path | None, config_path: Path | None,
+                overrides: tuple[str, ...]) -> None:
         from fbench.config import save_config
 
         try:
             method = registry("methods").get(method_name)
         except PluginError as exc:
             raise click.ClickException(str(exc)) from exc
-        config = load_command_config(benchmark.config, config_path, overrides)
+        # What the command knows of the run goes into the benchmark config's fields of these
+        # names (results are filed and cached under them).
+        facts = {"method_name": method_name, "checkpoint": str(checkpoint or ""), "flame": str(flame or "")}
+        fields = {f.name for f in dataclasses.fields(benchmark.config)}
+        config = load_command_config(benchmark.config, config_path, overrides,
+                                     {k: v for k, v in facts.items() if k in fields})
         root = dataset_root(benchmark.dataset or benchmark.name, root)
         out = out if out is not None else Path("results") / benchmark.name / method_name
         model = method_reconstructor(method, checkpoint, method_options, data_root=root)
-        save_config(config, out / "config.yaml",
-                    extra={"run": {"method": method_name, "checkpoint": checkpoint, "root": root}})
         metrics = benchmark.evaluate(model, root, out, config)
+        if not (out / "config.yaml").is_file():  # benchmarks write theirs with run facts; else the settings
+            save_config(config, out / "config.yaml",
+                        extra={"run": {"method": method_name, "checkpoint": checkpoint, "root": root}})
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         click.echo(f"{benchmark.name} / {method_name}: " + ", ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items()))

@@ -105,7 +105,7 @@ def to_latex(table: Table, digits: int = 3) -> str:
 
 def write_tables(tables: Sequence[Table], out: str | Path) -> dict[str, Path]:
     """`out` (.md) plus `<stem>.csv` (each table under a `# title` line) and `<stem>.tex` beside."""
-    from fbench.synth.files import atomic_write_text
+    from fbench.io import atomic_write_text
 
     out = Path(out)
     md = "\n".join(to_markdown(t) for t in tables)
