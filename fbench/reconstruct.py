@@ -78,7 +78,7 @@ class ReconstructOptions:
     flame: Any = None  # a fbench.flame.FLAME module, for meshes, renders and FLAME landmarks
     smooth: str | None = None  # videos: "one-euro" or "savgol" (see the module doc)
     one_euro_min_cutoff: float = 1.0
-    one_euro_beta: float = 0.05
+    one_euro_beta: float = 1.0
     one_euro_d_cutoff: float = 1.0
     savgol_window: int = 9
     savgol_order: int = 2
