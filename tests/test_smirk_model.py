@@ -229,3 +229,30 @@ def test_bad_files_are_refused_with_a_named_error(bad_files, case, capfd):
     assert message.startswith(str(path)) and needle in message, message
     assert "\n" not in message
     assert "should-never-run" not in capfd.readouterr().out
+
+
+def test_imagenet_backbones_only_from_the_local_cache(tmp_path, monkeypatch, caplog):
+    import timm
+
+    import methods.smirk.model as model_mod
+    from fbench.assets import get_asset
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    names = (model_mod.POSE_BACKBONE, model_mod.SHAPE_BACKBONE)
+    if any(model_mod.cached_imagenet_weights(n) for n in names):
+        pytest.skip("ImageNet weights are in this machine's Hugging Face cache")
+    with caplog.at_level("WARNING"):
+        model_mod.create_backbone(model_mod.POSE_BACKBONE, pretrained=True)
+    assert "not in the local timm/Hugging Face cache" in caplog.text
+    # a file in torch's hub cache under timm's release name (the asset) is used, never downloaded
+    torch.manual_seed(3)
+    reference = timm.create_model(model_mod.POSE_BACKBONE, pretrained=False)
+    asset = get_asset("mobilenetv3-imagenet")
+    target = asset.directory() / asset.files[0]
+    assert target.parent == tmp_path / "torch" / "hub" / "checkpoints"
+    target.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), target)
+    assert model_mod.cached_imagenet_weights(model_mod.POSE_BACKBONE) == target
+    backbone, width = model_mod.create_backbone(model_mod.POSE_BACKBONE, pretrained=True)
+    assert width == 576 and torch.equal(backbone.conv_stem.weight, reference.conv_stem.weight)
