@@ -220,13 +220,20 @@ class _Detect:
         return det
 
     def __call__(self, job: int, frame: int, image: np.ndarray | None, path: Path | None, keep: bool) -> _Unit:
-        from fbench.landmarks.crop import crop_for_method
-
         if image is None:  # images are read here, in the worker
             try:
                 image = read_image(path)
             except InputError as exc:
                 return _Unit(job, frame, [], [], [], error=str(exc))
+        try:
+            return self.faces(job, frame, image, keep)
+        except Exception as exc:  # noqa: BLE001 - one bad image or frame never stops the run
+            log.debug("detection failed", exc_info=True)
+            return _Unit(job, frame, [], [], [], error=f"detection failed ({type(exc).__name__}: {exc})")
+
+    def faces(self, job: int, frame: int, image: np.ndarray, keep: bool) -> _Unit:
+        from fbench.landmarks.crop import crop_for_method
+
         faces = [f for f in self.detector().detect_faces(image) if np.isfinite(f[:, :2]).all()]
         faces.sort(key=_face_area, reverse=True)
         if not self.options.all_faces:

@@ -225,3 +225,23 @@ def test_smoothing_filters():
     out = smooth_params(arrays, frames, faces, 25.0, options)
     assert np.ptp(out["expression"][:5, 0]) < 0.5  # zig-zag flattened
     assert out["expression"][5, 0] == 5 and out["expression"][6:, 0].tolist() == [5, 5]
+
+
+def test_a_detector_crash_on_one_image_is_logged_not_raised(model, astronaut, tmp_path, monkeypatch):
+    from fbench.landmarks.mediapipe_detector import MediaPipeDetector
+
+    real = MediaPipeDetector.detect_faces
+
+    def flaky(self, image):
+        if image.shape[0] == 100:
+            raise RuntimeError("graph error")
+        return real(self, image)
+
+    monkeypatch.setattr(MediaPipeDetector, "detect_faces", flaky)
+    folder = tmp_path / "in"
+    _write(folder / "bad.png", np.zeros((100, 100, 3), np.uint8))
+    _write(folder / "good.png", np.ascontiguousarray(astronaut[0:240, 100:340]))
+    summary = run_reconstruct(model, [folder], tmp_path / "out", ReconstructOptions(progress=False))
+    assert summary.done == 2 and summary.faces == 1
+    (fail,) = _failures(tmp_path / "out")
+    assert fail["input"].endswith("bad.png") and "graph error" in fail["reason"]
