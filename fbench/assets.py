@@ -83,6 +83,11 @@ ASSETS: tuple[Asset, ...] = (
     Asset("vgg16-weights", "torchvision VGG16 ImageNet weights (perceptual loss)", ("vgg16-397923af.pth",),
           "torchvision.models.VGG16_Weights.IMAGENET1K_V1; place in torch's hub cache", "BSD-3-Clause (torchvision)",
           "SMIRK training (perceptual VGG loss)", in_torch_hub=True),
+    Asset("mobilenetv3-imagenet", "timm ImageNet weights of SMIRK's MobileNetV3 backbones (training start)",
+          ("tf_mobilenetv3_small_minimal_100-922a7843.pth", "tf_mobilenetv3_large_minimal_100-8596ae28.pth"),
+          "timm's release files (pretrained_cfg url), or the Hugging Face cache of timm/<name>.in1k, which is "
+          "also looked up; place in torch's hub cache", "Apache-2.0 (timm)",
+          "fbench train smirk (else random initialisation, with a warning)", in_torch_hub=True),
     Asset("mica", "MICA identity network (SMIRK's shape supervision)", ("mica.tar",),
           "https://github.com/Zielon/MICA (README: pretrained model)", "MICA licence, non-commercial",
           "SMIRK training (MICA shape loss)", subdir="mica"),

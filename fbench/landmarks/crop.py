@@ -157,3 +157,44 @@ def invert_affine(affine: np.ndarray) -> np.ndarray:
     a = np.asarray(affine, dtype=np.float64)
     inv = np.linalg.inv(a[:, :2])
     return np.concatenate([inv, -inv @ a[:, 2:]], axis=1)
+
+
+def method_crop_affine(points: np.ndarray, scale: float, size: int) -> np.ndarray:
+    """SMIRK's demo crop as a 2x3 similarity, source pixels -> crop pixels.
+
+    demo.py:16-34 (georgeretsi/smirk): side = int(mean(extent width, height) x scale) (the
+    int() truncation is the demo's), a square of that side around the extent's centre whose
+    corners map onto pixel centres 0 and size - 1 (DST_PTS). Raises ValueError without two
+    finite points or with a degenerate box.
+    """
+    ext = extent(points)
+    if ext is None:
+        raise ValueError("crop needs at least two finite landmarks")
+    x0, y0, x1, y1 = ext
+    side = int(((x1 - x0) + (y1 - y0)) / 2 * scale)
+    if side < 1:
+        raise ValueError(f"landmark box too small to crop ({x1 - x0:.1f} x {y1 - y0:.1f} px)")
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    s = (size - 1) / side
+    return np.array([[s, 0.0, -s * (cx - side / 2)], [0.0, s, -s * (cy - side / 2)]], dtype=np.float64)
+
+
+def crop_for_method(image: np.ndarray, points: np.ndarray, spec) -> tuple[np.ndarray, np.ndarray]:
+    """A method's input crop: (spec.size, spec.size, 3) float32 RGB in [0, 1] and the 2x3 affine
+    source -> crop.
+
+    `spec` is a `fbench.plugins.CropSpec`; `points` the (N, 2|3) landmarks of the detector it
+    names (NaN rows ignored). Geometry as `method_crop_affine`; pixels are sampled bilinearly
+    with zero outside the image, then quantised to 8 bits as the demo does (skimage `warp`,
+    `.astype(np.uint8)`, `/ 255`; demo.py:93 and 104). OpenCV rounds where the demo truncates:
+    crops differ from the demo's by at most one grey level (ours, for speed).
+    """
+    import cv2
+
+    affine = method_crop_affine(points, spec.scale, spec.size)
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"crop_for_method needs an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    crop = cv2.warpAffine(image, affine, (spec.size, spec.size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return crop.astype(np.float32) * np.float32(1 / 255), affine

@@ -61,12 +61,12 @@ def to_pixels(normalized: np.ndarray, width: int, height: int) -> np.ndarray:
     return out
 
 
-def tasks_result_to_array(result: Any, width: int, height: int) -> np.ndarray:
-    """(478, 3) source pixels from a Tasks FaceLandmarkerResult (first face), NaN when none."""
+def tasks_result_to_array(result: Any, width: int, height: int, index: int = 0) -> np.ndarray:
+    """(478, 3) source pixels of face `index` of a Tasks FaceLandmarkerResult, NaN when none."""
     faces = getattr(result, "face_landmarks", None) or []
-    if not faces:
+    if len(faces) <= index:
         return nan_landmarks()
-    points = np.array([[p.x, p.y, p.z] for p in faces[0]], dtype=np.float32)
+    points = np.array([[p.x, p.y, p.z] for p in faces[index]], dtype=np.float32)
     if points.shape != (MEDIAPIPE_POINTS, 3):
         raise RuntimeError(f"MediaPipe FaceLandmarker returned {points.shape[0]} points, expected {MEDIAPIPE_POINTS}")
     return to_pixels(points, width, height)
@@ -110,13 +110,16 @@ def describe_backend(backend: str, task_path: Path | None = None) -> str:
 class MediaPipeDetector:
     """One MediaPipe model instance; create once per process and reuse (graph set-up is the slow part)."""
 
-    def __init__(self, backend: Backend = "auto") -> None:
+    def __init__(self, backend: Backend = "auto", max_faces: int = 1) -> None:
         import mediapipe as mp
 
+        if max_faces < 1:
+            raise ValueError(f"max_faces must be >= 1, got {max_faces}")
+        self.max_faces = max_faces
         self.backend, self.task_path = resolve_backend(backend)
         if self.backend == "facemesh":
             self._model = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True,
-                                                          max_num_faces=1)
+                                                          max_num_faces=max_faces)
             self._direct = self._direct_stream()
         else:
             from mediapipe.tasks import python as mp_python
@@ -124,7 +127,7 @@ class MediaPipeDetector:
 
             options = vision.FaceLandmarkerOptions(
                 base_options=mp_python.BaseOptions(model_asset_path=str(self.task_path)),
-                running_mode=vision.RunningMode.IMAGE, num_faces=1)
+                running_mode=vision.RunningMode.IMAGE, num_faces=max_faces)
             self._model = vision.FaceLandmarker.create_from_options(options)
             self._mp_image = mp.Image
             self._srgb = mp.ImageFormat.SRGB
@@ -164,17 +167,19 @@ class MediaPipeDetector:
 
     def detect(self, image: np.ndarray) -> np.ndarray:
         """(478, 3) float32 landmarks of the most prominent face in an RGB uint8 image, NaN if none."""
+        faces = self.detect_faces(image)
+        return faces[0] if faces else nan_landmarks()
+
+    def detect_faces(self, image: np.ndarray) -> list[np.ndarray]:
+        """(478, 3) float32 landmarks of each face found (at most `max_faces`), in MediaPipe's order."""
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"MediaPipe needs an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
         height, width = image.shape[:2]
         image = np.ascontiguousarray(image)
         if self.backend == "facemesh":
-            faces = self._facemesh(image)
-            if not faces:
-                return nan_landmarks()
-            return to_pixels(normalized_list_to_array(faces[0]), width, height)
+            return [to_pixels(normalized_list_to_array(face), width, height) for face in self._facemesh(image) or []]
         result = self._model.detect(self._mp_image(image_format=self._srgb, data=image))
-        return tasks_result_to_array(result, width, height)
+        return [tasks_result_to_array(result, width, height, i) for i in range(len(result.face_landmarks or []))]
 
     def close(self) -> None:
         self._model.close()
