@@ -382,7 +382,7 @@ def load_reconstruction(path: str | Path) -> tuple[Any, dict[str, np.ndarray]]:
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    from fbench.synth.files import atomic_path
+    from fbench.io import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
@@ -519,7 +519,7 @@ class _Writer:
         return rendered, marked
 
     def _image_outputs(self, job: _Job, arrays: dict[str, np.ndarray]) -> None:
-        from fbench.synth.files import atomic_path
+        from fbench.io import atomic_path
 
         rows = np.arange(len(job.rows))
         geo = self._geometry(arrays, rows)

@@ -200,16 +200,16 @@ def _bad_files(model: SmirkModel, d: Path) -> dict[str, tuple[Path, str]]:
     del s["smirk_encoder.expression_encoder.expression_layers.0.weight"]
     put("nohead.pt", s, "expression_layers.0.weight missing")
     put("other.pt", {"model.fc.weight": torch.zeros(2, 2)}, "not a SMIRK checkpoint, no 'smirk_encoder.*' key")
-    put("list.pt", [torch.zeros(1)], "not a SMIRK checkpoint (holds a list")
+    put("list.pt", [torch.zeros(1)], "expected a dict of tensors, found list")
     put("nested.pt", {"smirk_encoder.a": {"b": torch.zeros(1)}}, "entries that are not named tensors: smirk_encoder.a")
     data = good.read_bytes()
     (d / "truncated.pt").write_bytes(data[: len(data) // 2])
     files["truncated.pt"] = (d / "truncated.pt", "truncated or corrupt")
     (d / "evil.pt").write_bytes(pickle.dumps({"smirk_encoder.x": Evil()}))
-    files["evil.pt"] = (d / "evil.pt", "refused, the pickle holds more than tensors")
+    files["evil.pt"] = (d / "evil.pt", "refused, not a plain tensor file")
     with open(d / "evil_zip.pt", "wb") as fh:
         torch.save({"smirk_encoder.x": Evil()}, fh)
-    files["evil_zip.pt"] = (d / "evil_zip.pt", "refused, the pickle holds more than tensors")
+    files["evil_zip.pt"] = (d / "evil_zip.pt", "refused, not a plain tensor file")
     files["absent.pt"] = (d / "absent.pt", "no such checkpoint file")
     return files
 

@@ -12,6 +12,7 @@ import numpy as np
 from fbench import __version__
 from fbench.cli.options import CONTEXT, flame_option, load_flame_announced
 from fbench.cli.plugins import PluginGroup, eval_command, train_command
+from fbench.cli.reconstruct import reconstruct
 from fbench.cli.shards import shards_group
 from fbench.registry import PluginError, registry
 from fbench.synth import DATASETS as SYNTH_DATASETS
@@ -359,3 +360,4 @@ main.add_command(PluginGroup("eval", registry_kind="benchmarks", make=eval_comma
                              help="Score a method on a benchmark.\n\n"
                                   "\b\nExample:\n  fbench eval multiface --method smirk"))
 main.add_command(shards_group)
+main.add_command(reconstruct)

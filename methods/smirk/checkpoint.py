@@ -10,16 +10,14 @@ the generator's channels, `init_features` and `res_blocks` from its convolutions
 
 from __future__ import annotations
 
-import os
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import Tensor
 
+from fbench.io import CheckpointError, atomic_write, load_checkpoint
 from methods.smirk.model import N_EYELIDS, N_JAW, SmirkEncoder, SmirkGenerator, SmirkModel
 
 ENCODER_PREFIX = "smirk_encoder."
@@ -31,10 +29,6 @@ GENERATOR_LAST = "smirk_generator.conv.weight"
 SHOW = 5  # offending keys named in an error
 
 
-class CheckpointError(ValueError):
-    """A file that is not a loadable SMIRK checkpoint; the message names the file and the keys."""
-
-
 def _names(keys: list[str]) -> str:
     more = f" (+{len(keys) - SHOW} more)" if len(keys) > SHOW else ""
     return ", ".join(keys[:SHOW]) + more
@@ -43,19 +37,7 @@ def _names(keys: list[str]) -> str:
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The flat tensor dict in a checkpoint file, read with `torch.load(weights_only=True)`."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # weights_only refuses globals it does not allow: code
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused, the pickle holds more than tensors ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable torch checkpoint, truncated or corrupt ({first})") from None
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: not a SMIRK checkpoint (holds a {type(obj).__name__}, "
-                              "expected a flat dict of tensors)")
+    obj = load_checkpoint(path)  # torch.load(weights_only=True); a CheckpointError names the file
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
         raise CheckpointError(f"{path}: not a SMIRK checkpoint, entries that are not named tensors: {_names(bad)}")
@@ -129,13 +111,7 @@ def from_checkpoint(path: str | Path, generator: bool = True) -> SmirkModel:
 def save_checkpoint(model: SmirkModel, path: str | Path, half: bool = False) -> Path:
     """Write `model` in the official flat layout, atomically (temp file + os.replace);
     `half` stores floating tensors as fp16, as the released file does."""
-    from fbench.synth.files import atomic_path  # ours: the shared atomic-write helper
-
     path = Path(path)
     state = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().clone()
              for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-    return path
+    return atomic_write(path, lambda fh: torch.save(state, fh))
