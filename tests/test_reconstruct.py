@@ -16,6 +16,8 @@ from fbench.plugins import CropSpec
 from fbench.reconstruct import (ReconstructOptions, load_reconstruction, one_euro, run_reconstruct, savgol,
                                 smooth_params)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def astronaut() -> np.ndarray:
