@@ -13,7 +13,6 @@ from fbench.plugins import MethodPlugin, Reconstructor
 from methods.smirk.checkpoint import save_checkpoint
 from methods.smirk.plugin import METHOD, SmirkConfig
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

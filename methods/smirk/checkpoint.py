@@ -14,13 +14,19 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import Tensor
 
-from methods.smirk.model import N_EYELIDS, N_JAW, SmirkEncoder, SmirkGenerator, SmirkModel
+from methods.smirk.model import (
+    N_EYELIDS,
+    N_JAW,
+    SmirkEncoder,
+    SmirkGenerator,
+    SmirkModel,
+)
 
 ENCODER_PREFIX = "smirk_encoder."
 GENERATOR_PREFIX = "smirk_generator."
