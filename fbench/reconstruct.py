@@ -42,14 +42,20 @@ import math
 import queue
 import re
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from fbench.shards.media import IMAGE_SUFFIXES, InputError, iter_video_frames, read_image
+from fbench.shards.media import (
+    IMAGE_SUFFIXES,
+    InputError,
+    iter_video_frames,
+    read_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +233,7 @@ class _Detect:
                 return _Unit(job, frame, [], [], [], error=str(exc))
         try:
             return self.faces(job, frame, image, keep)
-        except Exception as exc:  # noqa: BLE001 - one bad image or frame never stops the run
+        except Exception as exc:
             log.debug("detection failed", exc_info=True)
             return _Unit(job, frame, [], [], [], error=f"detection failed ({type(exc).__name__}: {exc})")
 
@@ -282,7 +288,7 @@ def _produce(jobs: list[_Job], todo: list[int], detect: _Detect, pool: ThreadPoo
                     failed.set_result(_Unit(j, -1 if exc.frame is None else exc.frame, [], [], [], error=str(exc)))
                     out.put((j, failed))
             out.put((j, None))
-    except BaseException as exc:  # surface producer crashes in the consumer
+    except BaseException as exc:  # noqa: BLE001 - surface producer crashes in the consumer
         out.put((-1, exc))
     finally:
         out.put((-1, _END))

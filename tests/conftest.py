@@ -44,3 +44,15 @@ def shared_synthetic(tmp_path_factory: pytest.TempPathFactory, name: str, flame,
         done.write_text(json.dumps({"counts": result.counts, "corrupted": result.corrupted}))
     meta = json.loads(done.read_text())
     return SynthResult(root=root, counts=meta["counts"], corrupted=meta["corrupted"])
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one intra-op thread for the test (restored after): small networks gain nothing from
+    more, and OpenMP busy-waiting on a shared 2-core machine made them several times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

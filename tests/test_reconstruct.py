@@ -13,8 +13,16 @@ import torch
 
 from fbench.landmarks.crop import crop_for_method, method_crop_affine
 from fbench.plugins import CropSpec
-from fbench.reconstruct import (ReconstructOptions, load_reconstruction, one_euro, run_reconstruct, savgol,
-                                smooth_params)
+from fbench.reconstruct import (
+    ReconstructOptions,
+    load_reconstruction,
+    one_euro,
+    run_reconstruct,
+    savgol,
+    smooth_params,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +148,7 @@ def test_folder_no_face_corrupt_resume_and_all_faces(model, astronaut, tmp_path)
     # every face, largest first
     both = run_reconstruct(model, [folder / "pair.jpg"], tmp_path / "all",
                            ReconstructOptions(progress=False, all_faces=True))
-    p2, e2 = load_reconstruction(tmp_path / "all" / "pair" / "params.npz")
+    _, e2 = load_reconstruction(tmp_path / "all" / "pair" / "params.npz")
     assert both.faces == 2 and e2["face"].tolist() == [0, 1]
     assert e2["affine"][0, 0, 0] < e2["affine"][1, 0, 0]  # the smaller face is magnified more
     assert e2["landmarks_mp"][0, :, 0].mean() < 240 < e2["landmarks_mp"][1, :, 0].mean()

@@ -13,6 +13,7 @@ import torch
 from methods.smirk.checkpoint import CheckpointError, from_checkpoint, save_checkpoint
 from methods.smirk.model import SmirkEncoder, SmirkGenerator, SmirkModel
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FIXTURE = Path(__file__).parent / "fixtures" / "smirk_state_dict.txt"
 OFFICIAL_KEYS = ("pose_params", "cam", "shape_params", "expression_params", "eyelid_params", "jaw_params")
 

@@ -13,6 +13,8 @@ from fbench.plugins import MethodPlugin, Reconstructor
 from methods.smirk.checkpoint import save_checkpoint
 from methods.smirk.plugin import METHOD, SmirkConfig
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_plugin_record_and_entry_point():
     assert isinstance(METHOD, MethodPlugin) and METHOD.name == "smirk" and METHOD.config is SmirkConfig

@@ -11,8 +11,8 @@ the generator's channels, `init_features` and `res_blocks` from its convolutions
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import Tensor

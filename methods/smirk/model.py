@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -223,7 +223,7 @@ class SmirkGenerator(nn.Module):
 def flame_params(outputs: dict[str, Tensor]) -> FlameParams:
     """The encoder's dict as FlameParams (neck, eyes and translation zero)."""
     shape = outputs["shape_params"]
-    z = lambda n: shape.new_zeros(shape.shape[0], n)  # noqa: E731
+    z = lambda n: shape.new_zeros(shape.shape[0], n)
     return FlameParams(shape=shape, expression=outputs["expression_params"], jaw=outputs["jaw_params"],
                        eyelids=outputs["eyelid_params"], global_pose=outputs["pose_params"], neck=z(3), eyes=z(6),
                        cam=outputs["cam"], translation=z(3))
