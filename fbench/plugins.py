@@ -125,6 +125,7 @@ class MethodPlugin:
     from_checkpoint: Callable[[Path], Reconstructor]
     task: Callable[[Any], TrainingTask] | None = None  # None: the method cannot be trained by fbench
     checkpoint_asset: str | None = None  # name in fbench.assets of its released checkpoint
+    save: Callable[[Any, Path], Path] | None = None  # write a model as a checkpoint `from_checkpoint` reads
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,11 @@ class SmirkConfig:
     generator_res_blocks: int = 5
     pretrained_backbones: bool = False  # ImageNet MobileNetV3 weights, only from the local cache
 
+    @classmethod
+    def tiny(cls) -> "SmirkConfig":
+        """A small generator for quick runs (contract tests, the demo); the encoder is always the official one."""
+        return cls(generator_init_features=8, generator_res_blocks=1)
+
     def __post_init__(self) -> None:
         for name in ("n_exp", "n_shape", "generator_in_channels", "generator_out_channels",
                      "generator_init_features"):
@@ -41,6 +46,13 @@ def build(config: SmirkConfig | None = None):
     return SmirkModel(encoder, generator).eval()
 
 
+def save(model, path: Path) -> Path:
+    """Write a SmirkModel in the official checkpoint layout."""
+    from methods.smirk.checkpoint import save_checkpoint
+
+    return save_checkpoint(model, path)
+
+
 def from_checkpoint(path: Path):
     """A SmirkModel from an official-format checkpoint (e.g. the released SMIRK_em1.pt)."""
     from methods.smirk.checkpoint import from_checkpoint as load
@@ -57,4 +69,5 @@ METHOD = MethodPlugin(
     from_checkpoint=from_checkpoint,
     task=None,  # training: a later issue
     checkpoint_asset="smirk-checkpoint",
+    save=save,
 )
