@@ -298,7 +298,7 @@ def demo(out: Path, flame: Path | None) -> None:
     np.savez(out / "params.npz", **{k: v.numpy() for k, v in params.as_dict().items()})
     for i, name in enumerate(poses):
         write_mesh(out / f"{name}.obj", Mesh(vertices=output.vertices[i].numpy(), faces=model.faces.numpy(), units="m"))
-    click.echo(f"[1/4] FLAME forward: {len(poses)} meshes ({model.num_vertices} vertices) -> {out}/*.obj")
+    click.echo(f"[1/6] FLAME forward: {len(poses)} meshes ({model.num_vertices} vertices) -> {out}/*.obj")
 
     from fbench.render import render_flame, save_png, smirk_renderer_for
 
@@ -306,7 +306,7 @@ def demo(out: Path, flame: Path | None) -> None:
         images = render_flame(model, params, smirk_renderer_for(model, "face"))["rendered_img"]
     for name, image in zip(poses, images):
         save_png(image, out / f"{name}.png")
-    click.echo(f"[2/4] SMIRK render: {len(poses)} images (224x224) -> {out}/*.png")
+    click.echo(f"[2/6] SMIRK render: {len(poses)} images (224x224) -> {out}/*.png")
 
     # The researcher's commands, as they would type them, on miniature synthetic datasets.
     from fbench.synth import write_synthetic_dataset
@@ -316,12 +316,30 @@ def demo(out: Path, flame: Path | None) -> None:
     run = lambda command, *args: command.main([str(a) for a in args], standalone_mode=False)  # noqa: E731
     run(pipelines.get("affectnet").command, "--root", affectnet.root, "--out", out / "shards",
         "--landmarks", "annotations")
-    click.echo(f"[3/4] fbench prep affectnet: shards in {out / 'shards' / 'affectnet'} "
+    click.echo(f"[3/6] fbench prep affectnet: shards in {out / 'shards' / 'affectnet'} "
                f"(one file corrupted on purpose, logged in rejects.jsonl)")
     famos = write_synthetic_dataset("famos", out / "data" / "FaMoS", n=1, flame=model)
     run(pipelines.get("famos").command, "--root", famos.root, "--out", out / "fits", "--stride", 10,
         "--export-templates", out / "templates", *(["--flame", flame] if flame else []))
-    click.echo(f"[4/4] fbench fit-flame famos: fits in {out / 'fits'}, SMIRK templates in {out / 'templates'}")
+    click.echo(f"[4/6] fbench fit-flame famos: fits in {out / 'fits'}, SMIRK templates in {out / 'templates'}")
+
+    # A method through the registry: SMIRK with random weights (no pretrained weights ship with
+    # fbench; a trained or released checkpoint goes in its place), then a benchmark with the
+    # ground-truth oracle and that SMIRK on a miniature MultiFace.
+    methods = registry("methods")
+    smirk = methods.get("smirk")
+    checkpoint = smirk.save(smirk.build(smirk.config(generator=False)), out / "smirk-untrained.pt")
+    run(reconstruct, affectnet.root / "Manually_Annotated_Images", "--method", "smirk", "--checkpoint", checkpoint,
+        "--out", out / "reconstructions", "--mesh", "obj", "--render", "--no-progress",
+        *(["--flame", flame] if flame else []))
+    click.echo(f"[5/6] fbench reconstruct --method smirk: params, meshes and renders in {out / 'reconstructions'} "
+               "(untrained SMIRK: random weights, the plumbing only)")
+    multiface = write_synthetic_dataset("multiface", out / "data" / "MultiFace", n=2, flame=model)
+    benchmarks = registry("benchmarks")
+    for method, extra in (("oracle", []), ("smirk", ["--checkpoint", checkpoint])):
+        run(eval_command(benchmarks.get("multiface")), "--method", method, *extra, "--root", multiface.root,
+            "--out", out / "results" / "multiface" / method, *(["--flame", flame] if flame else []))
+    click.echo(f"[6/6] fbench eval multiface --method oracle|smirk: results in {out / 'results'}")
     click.echo(f"demo finished: outputs in {out} (synthetic FLAME: {model.flame_source.synthetic})")
 
 
