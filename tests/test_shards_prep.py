@@ -261,7 +261,7 @@ def _read(path: Path) -> np.ndarray:
     return read_image(path)
 
 
-@pytest.mark.slow
+# Runs by default (issue 15 item 8): about 5-9 s on 2 shared cores, the toy dataset is already small.
 def test_sigkilled_worker_then_rerun_gives_the_same_manifest(toy_root: Path, tmp_path: Path, reference) -> None:
     """A worker process dies by SIGKILL part way (2 workers, in a subprocess); the run fails with a
     clear message, and rerunning the same command finishes with the reference manifest."""
