@@ -7,7 +7,10 @@ float64): once with ``batch_size`` frames solved together (warm start between ba
 with ``batch_size=1`` (each frame warm-started from the previous one). Both runs use the same
 preconditioner and L-BFGS settings and report their accuracy (mean vertex error in mm, RMS
 expression-displacement error in mm, iterations per frame). Each mode runs ``--repeats`` times,
-interleaved, and the fastest run counts (the machine is shared; its load drifts).
+interleaved with alternating order (batched, single, single, batched, ...), and the fastest run
+counts (the machine is shared; its load drifts).
+Equal accuracy first: the batched run's mean and max vertex errors must be no worse than the
+one-at-a-time run's (up to 1 % + 1e-4 mm of solver noise), else the script exits 1 without a ratio.
 Model: the synthetic FLAME-format model (or --flame DIR).
 Last line: ratio=<batched time / one-at-a-time time>.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +28,7 @@ import numpy as np
 import torch
 
 
-def main() -> None:
+def main() -> int:
     from fbench.fitting.fast_flame import FittingFlame
     from fbench.fitting.flame_ops import Layout
     from fbench.fitting.registration import RegistrationFitConfig, fit_frames, frame_preconditioner, vertex_errors_mm
@@ -82,17 +86,25 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}, load average {load:.2f}")
     # Interleaved repeats, fastest of each: others share this machine and its load drifts.
     results: dict[str, list[dict[str, float]]] = {"batched": [], "single": []}
-    for _ in range(max(1, args.repeats)):
-        results["batched"].append(run(args.batch))
-        results["single"].append(run(1))
+    for r in range(max(1, args.repeats)):
+        for mode in (("batched", "single") if r % 2 == 0 else ("single", "batched")):
+            results[mode].append(run(args.batch if mode == "batched" else 1))
     batched = min(results["batched"], key=lambda r: r["seconds"])
     single = min(results["single"], key=lambda r: r["seconds"])
     for name, r in ((f"batched (batch {args.batch})", batched), ("one at a time", single)):
         print(f"{name:<22} {r['fps']:8.2f} frames/s  {r['seconds']:7.2f} s  mean vertex error {r['mean_mm']:.4f} mm "
               f"(max {r['max_mm']:.4f})  expression {r['expr_rms_mm']:.4f} mm RMS  "
               f"{r['iterations']:.1f} iterations/frame  converged {100 * r['converged']:.0f}%")
+    worse = [k for k in ("mean_mm", "max_mm")
+             if max(r[k] for r in results["batched"]) > 1.01 * min(r[k] for r in results["single"]) + 1e-4]
+    if worse:
+        print(f"ERROR: the batched fit is less accurate than the one-at-a-time fit ({', '.join(worse)}); "
+              "no ratio is printed", file=sys.stderr)
+        return 1
+    print("equal accuracy: batched vertex errors (mean, max) no worse than one at a time")
     print(f"ratio={batched['seconds'] / single['seconds']:.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

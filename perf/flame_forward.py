@@ -3,6 +3,9 @@
 Batch 64, float32, 300 shape + 100 expression components, with the 68 landmarks (dynamic
 contour) on both sides; timed without and with gradients (forward + backward of the
 vertex sum). Model: the synthetic FLAME-format model (or --flame DIR).
+Correctness first: vertices and the 51 static landmarks must agree with smplx to float32
+precision (1e-5 m), else the script exits 1 without a ratio. Repeats are interleaved
+(fbench, smplx, smplx, fbench, ...) so load drift cannot favour one side; medians reported.
 Last line: ratio=<fbench time / smplx time> (sum over both modes).
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,17 +34,19 @@ def smplx_layout(assets, directory: Path) -> Path:
     return directory
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+def interleaved_medians(fn_a, fn_b, repeats: int) -> tuple[float, float]:
+    """Median times of a and b, run alternately (a b, b a, a b, ...) after one warm-up each."""
+    fn_a(), fn_b()
+    times: dict[int, list[float]] = {0: [], 1: []}
+    for r in range(repeats):
+        for which in ((0, 1) if r % 2 == 0 else (1, 0)):
+            start = time.perf_counter()
+            (fn_a if which == 0 else fn_b)()
+            times[which].append(time.perf_counter() - start)
+    return float(np.median(times[0])), float(np.median(times[1]))
 
 
-def main() -> None:
+def main() -> int:
     import smplx
 
     from fbench.flame import FLAME, FlameParams, load_flame_assets
@@ -85,17 +91,26 @@ def main() -> None:
     with torch.no_grad():  # same vertices on both sides before timing anything
         kw = dict(betas=p.shape, expression=p.expression, global_orient=p.global_pose, neck_pose=p.neck,
                   jaw_pose=p.jaw, leye_pose=p.eyes[:, :3], reye_pose=p.eyes[:, 3:])
-        diff = (ours(p).vertices - ref(**kw).vertices).abs().max().item()
+        o, r = ours(p), ref(**kw)
+        diff = (o.vertices - r.vertices).abs().max().item()
+        num_j = assets.j_regressor.shape[0]
+        lmk_diff = (o.landmarks[:, 17:] - r.joints[:, num_j:num_j + 51]).abs().max().item()
     print(f"model: {flame_dir} ({assets.num_vertices} vertices), batch {batch}, float32, "
-          f"torch threads {torch.get_num_threads()}; max vertex difference {diff:.2e} m")
+          f"torch threads {torch.get_num_threads()}; max vertex difference {diff:.2e} m, "
+          f"static landmarks {lmk_diff:.2e} m")
+    if not (diff <= 1e-5 and lmk_diff <= 1e-5):
+        print("ERROR: fbench and smplx disagree; no ratio is printed", file=sys.stderr)
+        return 1
     total_ours = total_ref = 0.0
     for grad in (False, True):
-        t_ours, t_ref = best_time(lambda: run_ours(grad), args.repeats), best_time(lambda: run_ref(grad), args.repeats)
+        t_ours, t_ref = interleaved_medians(lambda: run_ours(grad), lambda: run_ref(grad), args.repeats)
         total_ours, total_ref = total_ours + t_ours, total_ref + t_ref
         mode = "forward+backward" if grad else "forward (no grad)"
         print(f"{mode:<18} fbench {t_ours * 1e3:8.2f} ms   smplx {t_ref * 1e3:8.2f} ms   ratio {t_ours / t_ref:.3f}")
+    print(f"(medians of {args.repeats} interleaved repeats each)")
     print(f"ratio={total_ours / total_ref:.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

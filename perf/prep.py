@@ -5,16 +5,24 @@ that keep the face, and horizontal flips, written as JPEG (quality 95) into a te
 dataset folder.
 
 - bare: FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=1).process on
-  the already decoded images held in memory (one detector, warmed up): inference only.
+  the already decoded images held in memory (detectors warmed up): inference only, in one
+  thread, and in T threads (one FaceMesh per thread, T = the machine's cores).
 - pipeline: `run_prep` from the JPEG files to finished shards (read + decode, MediaPipe, crop
   448 px, JPEG encode, tar write with sha256, manifest), MediaPipe only (--fan off): 1 worker
-  in process with its default (reading and encoding in helper threads while a core is idle),
-  the same single-threaded, and 2 worker processes (their start-up included).
+  single-threaded, 1 worker with its helper threads (reading and encoding overlap MediaPipe),
+  and 2 worker processes (their start-up included).
+
+Same threads on both sides: the headline pairs the single-threaded pipeline with the
+single-threaded bare loop; the threaded pipeline is paired with the T-thread bare loop and
+printed too. Correctness first: every shard's MediaPipe landmarks, mapped back through its
+stored affine, must equal the bare detection on the same decoded file (<= 0.01 px), and the
+sample count the bare face count; otherwise the script exits 1 without printing a ratio.
 
 The pipeline's extra CPU per image (decode + crop + encode + write, ~2 ms) bounds what a
 2-core machine can show: ratio x speed-up <= 2 x bare CPU / pipeline CPU per image.
 
-Prints the throughputs, `speedup_2_workers=` and last `ratio=<pipeline 1 worker / bare>`.
+Prints the throughputs, `speedup_2_workers=` and last
+`ratio=<pipeline 1 worker single-threaded / bare single-threaded>`.
 
     python perf/prep.py [--n 2000] [--repeats 1] [--keep DIR]
 """
@@ -23,8 +31,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -72,17 +82,58 @@ def write_variants(root: Path, n: int, seed: int = 0) -> list[np.ndarray]:
     return decoded
 
 
-def bare_inference(images: list[np.ndarray]) -> tuple[float, float, int]:
-    """Wall and CPU seconds of FaceMesh.process over the images, and how many had a face."""
+def bare_inference(images: list[np.ndarray], threads: int = 1) -> tuple[float, float, int, list[np.ndarray | None]]:
+    """Wall and CPU seconds of FaceMesh.process over the images in `threads` threads (one
+    FaceMesh each, contiguous slices), how many had a face, and the (478, 2) pixel landmarks."""
     import mediapipe as mp
 
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=1) as mesh:
-        mesh.process(images[0])
-        found = 0
+    def make():  # type: ignore[no-untyped-def]
+        mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=1)
+        mesh.process(images[0])  # warm-up, untimed
+        return mesh
+
+    meshes = [make() for _ in range(threads)]
+    bounds = np.linspace(0, len(images), threads + 1).astype(int)
+
+    def work(k: int) -> list[np.ndarray | None]:
+        out: list[np.ndarray | None] = []
+        for image in images[bounds[k]:bounds[k + 1]]:
+            faces = meshes[k].process(image).multi_face_landmarks
+            h, w = image.shape[:2]
+            out.append(None if faces is None else
+                       np.array([(p.x * w, p.y * h) for p in faces[0].landmark], dtype=np.float64))
+        return out
+
+    try:
         wall, cpu = time.perf_counter(), time.process_time()
-        for image in images:
-            found += mesh.process(image).multi_face_landmarks is not None
-        return time.perf_counter() - wall, time.process_time() - cpu, found
+        if threads == 1:
+            parts = [work(0)]
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                parts = list(pool.map(work, range(threads)))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        for mesh in meshes:
+            mesh.close()
+    landmarks = [lm for part in parts for lm in part]
+    return wall, cpu, sum(lm is not None for lm in landmarks), landmarks
+
+
+def check_against_bare(out: Path, files: list[Path], bare: list[np.ndarray | None]) -> float:
+    """Worst distance (px) between each sample's landmarks mapped back to its file and the bare detection."""
+    from fbench.landmarks import invert_affine, transform_points
+    from fbench.shards.reader import iter_samples, shard_paths
+
+    index = {f.stem: i for i, f in enumerate(files)}
+    worst, seen = 0.0, 0
+    for sample in iter_samples(shard_paths(out / "perf"), decode_image=False):
+        ref = bare[index[Path(sample.meta["source_path"]).stem]]
+        if ref is None:
+            return float("inf")
+        back = transform_points(invert_affine(sample.affine), sample.mp)[:, :2]
+        worst = max(worst, float(np.abs(back - ref).max()))
+        seen += 1
+    return worst if seen == sum(lm is not None for lm in bare) else float("inf")
 
 
 def pipeline(root: Path, out: Path, workers: int, overlap: bool | None = None) -> tuple[float, float, int]:
@@ -95,10 +146,10 @@ def pipeline(root: Path, out: Path, workers: int, overlap: bool | None = None) -
     return time.perf_counter() - wall, time.process_time() - cpu, result.counts["samples"]
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000, help="number of image variants")
-    parser.add_argument("--repeats", type=int, default=1, help="best of this many timings per configuration")
+    parser.add_argument("--repeats", type=int, default=1, help="best of this many interleaved timings per configuration")
     parser.add_argument("--keep", type=Path, default=None, help="write the dataset and shards here and keep them")
     args = parser.parse_args()
 
@@ -107,44 +158,58 @@ def main() -> None:
     from fbench.shards.worker import available_cores
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="fbench-perf-prep-"))
+    cores = available_cores()
     try:
         images = write_variants(work / "data", args.n)
+        files = sorted((work / "data").glob("*.jpg"))
         print(f"{args.n} variants of skimage.data.astronaut(), mean side "
               f"{np.mean([im.shape[0] for im in images]):.0f} px, JPEG q95 -> shards of 448 px crops; "
-              f"{available_cores()} cores")
-        runs = {"bare": lambda: bare_inference(images),
-                "w1": lambda: pipeline(work / "data", work / "out-w1", 1),
+              f"{cores} cores")
+        runs = {"bare": lambda: bare_inference(images, 1),
+                "bare-threads": lambda: bare_inference(images, cores),
                 "w1-serial": lambda: pipeline(work / "data", work / "out-w1s", 1, overlap=False),
+                "w1": lambda: pipeline(work / "data", work / "out-w1", 1, overlap=True),
                 "w2": lambda: pipeline(work / "data", work / "out-w2", 2)}
         wall: dict[str, float] = {}
         cpu: dict[str, float] = {}
-        for _ in range(args.repeats):
+        counts: dict[str, int] = {}
+        bare_landmarks: list[np.ndarray | None] = []
+        for _ in range(args.repeats):  # the configurations interleave across repeats
             for name, run in runs.items():
-                seconds, cpu_seconds, count = run()
+                result = run()
+                seconds, cpu_seconds, counts[name] = result[:3]
                 if name == "bare":
-                    found = count
-                assert count == found, f"{name}: {count} samples, bare inference found {found} faces"
+                    bare_landmarks = result[3]
                 if seconds < wall.get(name, np.inf):
                     wall[name], cpu[name] = seconds, cpu_seconds
+        found = counts["bare"]
+        bad = {k: c for k, c in counts.items() if c != found}
+        worst = max(check_against_bare(work / d, files, bare_landmarks) for d in ("out-w1s", "out-w1", "out-w2"))
+        print(f"agreement: sample counts {counts}; max landmark distance to the bare detection {worst:.2e} px")
+        if bad or not worst <= 1e-2:
+            print("ERROR: the pipeline's samples disagree with bare inference; no ratio is printed", file=sys.stderr)
+            return 1
         rate = {k: args.n / v for k, v in wall.items()}
-        print(f"bare FaceMesh inference            : {rate['bare']:7.1f} images/s ({found}/{args.n} with a face), "
+        print(f"bare FaceMesh inference, 1 thread   : {rate['bare']:7.1f} images/s ({found}/{args.n} with a face), "
               f"{cpu['bare'] / args.n * 1e3:.2f} ms CPU per image")
-        print(f"pipeline, 1 worker                 : {rate['w1']:7.1f} images/s "
-              f"(reading and encoding overlap MediaPipe in helper threads: a core is idle)")
-        print(f"pipeline, 1 worker, single thread  : {rate['w1-serial']:7.1f} images/s, "
-              f"{cpu['w1-serial'] / args.n * 1e3:.2f} ms CPU per image "
-              f"(ratio {rate['w1-serial'] / rate['bare']:.3f})")
-        print(f"pipeline, 2 workers (start-up in)  : {rate['w2']:7.1f} images/s "
-              f"(speed-up {rate['w2'] / rate['w1-serial']:.3f} over the single-thread worker)")
+        print(f"bare FaceMesh inference, {cores} threads  : {rate['bare-threads']:7.1f} images/s")
+        print(f"pipeline, 1 worker, single thread   : {rate['w1-serial']:7.1f} images/s, "
+              f"{cpu['w1-serial'] / args.n * 1e3:.2f} ms CPU per image")
+        print(f"pipeline, 1 worker + helper threads : {rate['w1']:7.1f} images/s "
+              f"(vs bare in {cores} threads: {rate['w1'] / rate['bare-threads']:.3f})")
+        print(f"pipeline, 2 workers (start-up in)   : {rate['w2']:7.1f} images/s "
+              f"(vs bare in {cores} threads: {rate['w2'] / rate['bare-threads']:.3f})")
         efficiency = cpu["bare"] / cpu["w1-serial"]
         print(f"CPU per image: bare {cpu['bare'] / args.n * 1e3:.2f} ms, pipeline {cpu['w1-serial'] / args.n * 1e3:.2f} ms "
               f"(efficiency {efficiency:.3f}; with 2 idle cores, 2 workers can reach {2 * efficiency:.2f}x bare)")
-        print(f"speedup_2_workers={rate['w2'] / rate['w1']:.3f}")
-        print(f"ratio={rate['w1'] / rate['bare']:.3f}")
+        print(f"threaded pair (pipeline 1 worker + helpers / bare {cores} threads): {rate['w1'] / rate['bare-threads']:.3f}")
+        print(f"speedup_2_workers={rate['w2'] / rate['w1-serial']:.3f}")
+        print(f"ratio={rate['w1-serial'] / rate['bare']:.3f}")
+        return 0
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -11,8 +11,13 @@ a weighted image sum to the vertices; the FLAME forward is excluded. Each side i
 warmed up, then the median over repeats is reported (the dense reference: one warm-up,
 at most two repeats, on min(batch, 2) items, since it takes seconds per image and its
 per-image cost does not depend on the batch). Both renderers' images are compared
-(they should agree exactly up to pixel centres on edges). The last line is
+first: at most 0.1 % of pixels may differ by more than 1e-3 (pixel centres on shared
+edges), otherwise the script exits 1 without printing a ratio. The last line is
 `ratio=<fbench ms per image / reference ms per image>` (below 1: fbench is faster).
+
+Without pytorch3d the ratio is against the in-script dense rasterizer, a correctness
+reference that is slow by construction: it is NOT a peer comparison and says nothing
+about fbench against pytorch3d or any production rasterizer; the script says so.
 
     python perf/render.py [--batch 8] [--size 224] [--repeats 5] [--device cpu] [--threads 1]
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -110,7 +116,7 @@ def time_renderer(renderer: SmirkRenderer, vertices: Tensor, cam: Tensor, weight
     return statistics.median(times), img.detach()
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
@@ -160,12 +166,20 @@ def main() -> None:
     ms_ref = 1000 * t_ref / ref_batch
     print(f"{name}: {ms_ref:.2f} ms/image (forward+backward, batch {ref_batch})")
     diff = (img_ours[:ref_batch] - img_ref).abs()
+    differing = (diff.amax(1) > 1e-3).float().mean().item()
     print(f"agreement: max |image diff| {diff.max().item():.2e}, "
-          f"pixels differing by >1e-3: {(diff.amax(1) > 1e-3).float().mean().item() * 100:.3f}%")
+          f"pixels differing by >1e-3: {differing * 100:.3f}%")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     print(f"reference={name}")
+    if not differing <= 1e-3:
+        print("ERROR: fbench's images disagree with the reference's; no ratio is printed", file=sys.stderr)
+        return 1
+    if not pytorch3d_available():
+        print("NOTE: pytorch3d is not installed, so the ratio below is against the in-script dense "
+              "all-pairs rasterizer (a slow correctness reference), NOT a peer comparison")
     print(f"ratio={ms_ours / ms_ref:.4f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -7,6 +7,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis: derandomised by default, so CI and every rerun draw the same examples and a failure
+# reproduces as-is (print_blob gives the @reproduce_failure line). No example database: nothing
+# carried between runs. `HYPOTHESIS_PROFILE=explore pytest ...` draws fresh random examples locally.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

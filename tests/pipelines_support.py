@@ -62,3 +62,23 @@ def mediapipe_error(sample: ShardSample, landmarks_mp: np.ndarray, landmarks68: 
     back = transform_points(invert_affine(sample.affine), sample.mp)[list(SMIRK_MEDIAPIPE_INDICES), :2]
     size = float(np.ptp(landmarks68, axis=0).mean())
     return float(np.median(np.linalg.norm(back - landmarks_mp, axis=1)) / size)
+
+
+def check_crop_pixels(out: Path, dataset: str, root: Path, limit: int = 4) -> float:
+    """The stored JPEG crops of the first `limit` image samples are their source files under the
+    stored affine to 0.1 px (pixel_check: an independent skimage warp of the file read with PIL).
+    Returns the worst offset in crop pixels."""
+    from PIL import Image
+
+    from pixel_check import assert_crop_matches_affine
+
+    worst, seen = 0.0, 0
+    for s in iter_samples(shard_paths(out / dataset)):
+        if s.meta.get("frame_index") is not None or seen >= limit:
+            continue
+        with Image.open(root / s.meta["source_path"]) as im:
+            source = np.asarray(im.convert("RGB"))
+        worst = max(worst, assert_crop_matches_affine(s.image, source, s.affine, s.key))
+        seen += 1
+    assert seen >= min(limit, 1)
+    return worst

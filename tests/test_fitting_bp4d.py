@@ -72,7 +72,8 @@ def test_cli_fits_both_formats_and_logs_failures(run) -> None:
     for fit in fits.values():
         assert np.allclose(fit.scale, 1000.0) and fit.transform.shape == (len(fit), 4, 4)
         # Even with the CLI test's few iterations the fit reaches the noise floor's neighbourhood.
-        assert fit.residual_median_mm.max() < 3 * bp4d.NOISE_MM
+        # Measured 0.23-0.34 mm with these few iterations (0.202 mm ideal); 3 x noise admitted ~0.7 mm.
+        assert fit.residual_median_mm.max() < 1.5 * bp4d.NOISE_MM
 
 
 def test_rerun_resumes(run) -> None:
@@ -145,38 +146,57 @@ def test_landmark_initialisation_recovers_the_similarity(data: SynthResult, flam
 
 # --------------------------------------------------------------------------- accuracy proof
 
+# Scan noise is N(0, NOISE_MM) along the normal, so a perfect fit leaves a median unsigned residual of
+# 0.674 x NOISE_MM (the median of |N(0, 1)|); the bound below leaves room for solver tolerance only.
+# Measured (four F001 frames, fast settings): residual medians 0.20-0.23 mm for the 0.202 mm ideal,
+# true-face medians 0.09-0.11 mm. 1.5 x NOISE_MM used to admit ~0.25 mm of systematic error.
+RESIDUAL_FACTOR = 0.9
+TRUE_FACE_MM = 0.2
 
-@pytest.mark.slow
-@pytest.mark.parametrize("subject", ["F001", "M001"])
-def test_scan_fit_accuracy(data: SynthResult, flame_dir: Path, subject: str) -> None:
-    """Default settings, all intact frames of a subject: median residual <= 1.5 x noise on every frame,
-    and the GT face (where the scan saw it) lies on the fitted surface in scanner space."""
-    flame = FLAME(flame_dir, dtype=torch.float64)
-    gt = read_ground_truth(data.root)
-    rows, frames = _frames(data, subject)
-    fit = fit_scan_subject(flame, frames, ScanFitConfig())
-    medians = np.array([np.median(r) for r in fit.residual_mm])
-    assert medians.max() <= 1.5 * bp4d.NOISE_MM, medians
+
+def _true_face_medians(flame: FLAME, gt, rows: list[int], frames: list[ScanFrame], fit) -> np.ndarray:
+    """Per frame, the median distance (mm, scanner space) from the GT face vertices the scan saw
+    to the fitted FLAME surface: the check against the true surface, not only against the noisy scan."""
     faces = flame.faces.numpy()
     face = np.zeros(flame.num_vertices, bool)
     face[flame.masks["face"].numpy()] = True
     with torch.no_grad():
         mine = flame(fit.params).vertices.numpy()
         truth = flame(gt.params(np.array(rows)).to(dtype=torch.float64)).vertices.numpy()
+    out = []
     for k, (i, frame) in enumerate(zip(rows, frames)):
         a = fit.transforms[k].apply(mine[k])
         b = Similarity.from_matrix(gt.extras["transform"][i]).apply(truth[k])
         seen = point_mesh_distance(b, frame.vertices, frame.faces).distances < 1.0
-        d = point_mesh_distance(b[seen & face], a, faces).distances
-        assert np.median(d) < 0.3, (frame.source, np.median(d))  # mm
+        out.append(float(np.median(point_mesh_distance(b[seen & face], a, faces).distances)))
+    return np.array(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("subject", ["F001", "M001"])
+def test_scan_fit_accuracy(data: SynthResult, flame_dir: Path, subject: str) -> None:
+    """Default settings, all intact frames of a subject: median residual <= RESIDUAL_FACTOR x noise on
+    every frame, and the GT face (where the scan saw it) lies on the fitted surface in scanner space."""
+    flame = FLAME(flame_dir, dtype=torch.float64)
+    gt = read_ground_truth(data.root)
+    rows, frames = _frames(data, subject)
+    fit = fit_scan_subject(flame, frames, ScanFitConfig())
+    medians = np.array([np.median(r) for r in fit.residual_mm])
+    assert medians.max() <= RESIDUAL_FACTOR * bp4d.NOISE_MM, medians
+    true_face = _true_face_medians(flame, gt, rows, frames, fit)
+    assert true_face.max() < TRUE_FACE_MM, true_face
 
 
 def test_scan_fit_accuracy_fast(data: SynthResult, flame_dir: Path) -> None:
-    """The same proof on four frames of the OBJ subject, in the default run (fewer iterations)."""
+    """The same proof on four frames of the OBJ subject, in the default run (fewer iterations),
+    including the check against the true surface."""
     flame = FLAME(flame_dir, dtype=torch.float64)
-    _, frames = _frames(data, "F001", limit=4)
+    gt = read_ground_truth(data.root)
+    rows, frames = _frames(data, "F001", limit=4)
     cfg = ScanFitConfig(identity_frames=2, identity_rounds=2, frame_rounds=1)
     fit = fit_scan_subject(flame, frames, cfg)
     medians = np.array([np.median(r) for r in fit.residual_mm])
-    assert medians.max() <= 1.5 * bp4d.NOISE_MM, medians
+    true_face = _true_face_medians(flame, gt, rows, frames, fit)
+    assert medians.max() <= RESIDUAL_FACTOR * bp4d.NOISE_MM, medians
+    assert true_face.max() < TRUE_FACE_MM, true_face
     assert np.isfinite(fit.loss).all() and torch.isfinite(fit.params.expression).all()

@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from fbench.fitting.store import read_fits
 from fbench.flame import FLAME, FlameParams
 from fbench.registry import SPECS, check_plugin
-from fbench.safe_pickle import safe_load_npy
 from fbench.synth import SynthResult
 from fbench.synth.files import truncate_file
 from fbench.synth.ground_truth import read_ground_truth
@@ -98,9 +97,15 @@ def test_templates_follow_smirks_layout(run) -> None:
     first, second = run["sequences"]
     assert sorted(os.listdir(root / "FaMoS_subject_001")) == sorted(run["sequences"])
     assert sorted(os.listdir(root / "FaMoS_subject_001" / second)) == ["000000.npy", "000005.npy", "000010.npy"]
-    record = safe_load_npy(root / "FaMoS_subject_001" / second / "000005.npy").item()
     fits, _, _ = read_fits(run["out"])
-    assert np.allclose(record["expression"], fits[("FaMoS_subject_001", second)].params["expression"][1], atol=1e-6)
+    # Read as SMIRK reads them (plain np.load, its keys), each file against its own sequence and frame.
+    from test_fitting_core import check_templates_file_by_file, smirk_load_templates
+
+    loaded = smirk_load_templates(root, list(run["sequences"]))
+    assert sorted(loaded) == sorted(f"FaMoS_subject_001{q}" for q in run["sequences"])
+    for (subject, sequence), fit in fits.items():
+        assert loaded[subject + sequence].shape == (len(fit.frame), fit.params["expression"].shape[1])
+    assert check_templates_file_by_file(root, fits) == sum(len(f.frame) for f in fits.values())
 
 
 def test_rerun_resumes_without_refitting(run) -> None:

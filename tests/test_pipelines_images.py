@@ -23,7 +23,7 @@ from fbench.shards import SourceOptions
 from fbench.synth.ground_truth import read_ground_truth
 from pipelines import celeba, ffhq
 from conftest import shared_synthetic
-from pipelines_support import check_counts, load_prepped, mediapipe_error, prep_cli, source_landmarks
+from pipelines_support import check_counts, check_crop_pixels, load_prepped, mediapipe_error, prep_cli, source_landmarks
 
 FLOAT_TOL_PX = 1e-3
 
@@ -71,6 +71,7 @@ def test_ffhq_prep_matches_ground_truth(ffhq_root, tmp_path) -> None:
     for r in rejects:
         assert r["split"] == text(gt.extras["split"][rows[r["file"]]])
     assert worst < FLOAT_TOL_PX, worst
+    check_crop_pixels(tmp_path, "ffhq", ffhq_root)  # the pixels too, not only the landmarks' round trip
     print(f"FFHQ: {len(samples)} samples, {len(rejects)} rejects, max landmark error {worst:.2e} px")
 
 
@@ -149,6 +150,7 @@ def test_celeba_prep_matches_ground_truth(celeba_root, tmp_path) -> None:
         assert s.meta["split"] == text(gt.extras["split"][row]) and s.meta["landmarks"]["ann"] == "celeba5"
         assert s.meta["labels"]["identity"] == int(gt.extras["identity"][row]) == int(s.meta["subject"])
     assert worst_int < FLOAT_TOL_PX and worst_exact <= 0.5 + FLOAT_TOL_PX, (worst_int, worst_exact)
+    check_crop_pixels(tmp_path, "celeba", celeba_root)
     print(f"CelebA: {len(samples)} samples, {len(rejects)} rejects, max error {worst_int:.2e} px vs the file's "
           f"integers, {worst_exact:.3f} px vs the exact points")
     # One reject per corrupt input, naming the right file: the image, or the landmark file and its line.
@@ -228,6 +230,7 @@ def test_affectnet_prep_matches_ground_truth(affectnet_root, tmp_path) -> None:
         assert labels["face_box"] == gt.extras["face_box"][row].tolist()
         flagged += not labels["expression_valid"]
     assert worst < AFFECTNET_TOL_PX, worst
+    check_crop_pixels(tmp_path, "affectnet", affectnet_root)
     assert flagged == sum(int(gt.extras["expression"][rows[p]]) >= 8 for p in rows if p not in corrupted) >= 1
     print(f"AffectNet: {len(samples)} samples, {len(rejects)} rejects, max landmark error {worst:.4f} px, "
           f"{flagged} invalid-class sample(s) kept and flagged")

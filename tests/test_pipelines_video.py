@@ -194,6 +194,10 @@ def test_lrs3_stride_limit_and_crop_pixels(lrs3_root, tmp_path) -> None:
         frame = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)][6]
     expected = cv2.warpAffine(frame, s.affine, (96, 96), flags=cv2.INTER_LINEAR)
     assert np.abs(expected.astype(float) - s.image.astype(float)).mean() < 4
+    # The grid to a tenth of a pixel: a half-pixel shift passed the mean check above.
+    from pixel_check import assert_crop_matches_affine
+
+    assert_crop_matches_affine(s.image, frame, s.affine, s.key)
 
 
 def test_lrs3_mediapipe_on_synthetic_frames(lrs3_root, tmp_path) -> None:

@@ -275,12 +275,12 @@ def test_parity_with_pytorch3d() -> None:
 
 def test_rejects_bad_shapes_and_backend() -> None:
     verts, faces = _quad()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"verts must be \(B, V, 3\)"):
         rasterize_meshes(verts[0], faces, 8)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"faces must be \(F, 3\), got \(2, 2\)"):
         rasterize_meshes(verts, faces[:, :2], 8)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown rasterizer backend 'opengl'"):
         rasterize_meshes(verts, faces, 8, backend="opengl")  # type: ignore[arg-type]
     if not pytorch3d_available():
-        with pytest.raises(ImportError):
+        with pytest.raises(ImportError, match="needs pytorch3d"):
             rasterize_meshes(verts, faces, 8, backend="pytorch3d")

@@ -23,8 +23,14 @@ from fbench.render import (
     render_params_file,
     vertex_normals,
 )
-from fbench.render.smirk import ALBEDO
 
+# SMIRK src/renderer/renderer.py:63 `colors = torch.tensor([180, 180, 180]) ... /255.` (spelled here,
+# not imported, so a wrong constant in fbench cannot agree with itself).
+ALBEDO = 180.0 / 255.0
+# renderer.py:127-136: light positions used as directions (normalised in add_directionlight,
+# renderer.py:247), each with intensity 1.7; the shading is the mean over the five lights (:250).
+LIGHTS = np.array([[-1, 1, 1], [1, 1, 1], [-1, -1, 1], [1, -1, 1], [0, 0, 1]], dtype=np.float64)
+INTENSITY = 1.7
 FRONT = ALBEDO * 1.7 * (4 / math.sqrt(3) + 1) / 5  # normal (0, 0, 1) under SMIRK's five lights
 
 
@@ -220,3 +226,74 @@ def test_render_flame_uses_given_cam_and_keys() -> None:
     assert out["rendered_img"].shape == (2, 3, 224, 224)
     assert out["landmarks_fan"].shape == (2, 68, 2) and out["landmarks_mp"].shape == (2, 105, 2)
     assert float(out["cam"][1, 0]) == 5.0 and float(out["cam"][0, 0]) > 0
+
+
+def _numpy_smirk_image(verts: np.ndarray, faces: np.ndarray, cam: np.ndarray, size: int,
+                       renormalise: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """SMIRK's grey shaded image recomputed in plain numpy, and where it is defined unambiguously.
+
+    Projection (SMIRK src/renderer/util.py batch_orth_proj, renderer.py forward): x' = s (x + tx),
+    y' = -s (y + ty), z' = -s z, nearest = smallest z'; pixel (row j, column i) has its centre at
+    ((2 i + 1) / size - 1, (2 j + 1) / size - 1) (renderer.py rasterize negates x, y into pytorch3d's
+    +X-left/+Y-up NDC). Vertex normals: per face corner the cross product of its two edges, summed,
+    then normalised (util.py:30-60). Per pixel the three vertex normals are interpolated with the
+    screen barycentrics and NOT renormalised (renderer.py:147-160 interpolates `face_normals` as a
+    rasterizer attribute and feeds it straight to add_directionlight).
+    """
+    s, t = cam[0], cam[1:]
+    xy = np.stack([s * (verts[:, 0] + t[0]), -s * (verts[:, 1] + t[1])], 1)
+    z = -s * verts[:, 2]
+    v0, v1, v2 = (verts[faces[:, k]] for k in range(3))
+    face_n = np.cross(v1 - v0, v2 - v0)
+    normals = np.zeros_like(verts)
+    for k in range(3):
+        np.add.at(normals, faces[:, k], face_n)
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    centres = (2 * np.arange(size) + 1) / size - 1
+    px, py = np.meshgrid(centres, centres)  # px varies along columns, py along rows
+    p = np.stack([px.ravel(), py.ravel()], 1)[:, None, :]  # (P, 1, 2)
+    a, b, c = (xy[faces[:, k]][None] for k in range(3))  # (1, F, 2)
+
+    def edge(u, v, q):
+        return (v[..., 0] - u[..., 0]) * (q[..., 1] - u[..., 1]) - (v[..., 1] - u[..., 1]) * (q[..., 0] - u[..., 0])
+
+    area = edge(a, b, c)
+    with np.errstate(divide="ignore", invalid="ignore"):  # edge-on triangles: NaN weights, never inside
+        w = np.stack([edge(b, c, p), edge(c, a, p), edge(a, b, p)], -1) / area[..., None]  # (P, F, 3)
+    inside = (w >= 0).all(-1)
+    depth = np.where(inside, (w * z[faces][None]).sum(-1), np.inf)
+    face = depth.argmin(1)
+    covered = np.isfinite(depth.min(1))
+    wf = w[np.arange(len(p)), face]  # (P, 3)
+    n = (wf[..., None] * normals[faces[face]]).sum(1)  # interpolated, unnormalised
+    if renormalise:  # what SMIRK does NOT do; only to show the test can tell
+        n /= np.linalg.norm(n, axis=1, keepdims=True)
+    dirs = LIGHTS / np.linalg.norm(LIGHTS, axis=1, keepdims=True)
+    shade = np.clip(n @ dirs.T, 0.0, 1.0).mean(1) * INTENSITY
+    image = np.where(covered, ALBEDO * shade, 0.0).reshape(size, size)
+    # Unambiguous: well inside one triangle, and no other triangle within 1e-6 of the front depth.
+    sorted_depth = np.sort(depth, 1)
+    with np.errstate(invalid="ignore"):
+        gap = np.where(np.isfinite(sorted_depth[:, 1]), sorted_depth[:, 1] - sorted_depth[:, 0], np.inf)
+    clear = covered & (wf.min(1) > 1e-4) & (gap > 1e-6)
+    return image, clear.reshape(size, size)
+
+
+def test_curved_surface_shading_matches_an_independent_recomputation() -> None:
+    # A coarse sphere: interpolated normals are visibly shorter than 1 inside each triangle, so
+    # renormalising them (which SMIRK does not do) brightens the image by up to ~10 %.
+    verts, faces = _sphere(1)
+    verts = verts * torch.tensor([1.0, 1.3, 0.8], dtype=torch.float64)  # an ellipsoid: no symmetry to hide behind
+    cam = np.array([7.0, 0.01, -0.015])
+    size = 40
+    out = SmirkRenderer(faces, image_size=size)(verts[None], torch.tensor(cam)[None])
+    img = out["rendered_img"][0].numpy()
+    expected, clear = _numpy_smirk_image(verts.numpy(), faces.numpy(), cam, size)
+    assert clear.sum() > 500
+    # float32 image (SMIRK's dtype): agreement to float32 rounding.
+    np.testing.assert_allclose(img[0][clear], expected[clear], rtol=0, atol=1e-6)
+    assert np.array_equal(img[0], img[1]) and np.array_equal(img[1], img[2])
+    assert ((img[0] > 0) != (expected > 0)).sum() <= 2 * size  # coverage may differ only along silhouette edges
+    # The check is sensitive: renormalised normals differ by far more than its tolerance.
+    renormalised, _ = _numpy_smirk_image(verts.numpy(), faces.numpy(), cam, size, renormalise=True)
+    assert np.abs(renormalised[clear] - expected[clear]).max() > 1e-3

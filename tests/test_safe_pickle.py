@@ -85,8 +85,9 @@ def test_plain_npy_loads_without_pickle(tmp_path):
     np.testing.assert_array_equal(safe_load_npy(path), np.eye(3))
 
 
-def test_python2_latin1_pickle(tmp_path):
-    # A protocol-2 pickle of a numpy array as Python 2 wrote it: the raw bytes go through latin-1.
+def test_python3_protocol2_pickle(tmp_path):
+    # A protocol-2 pickle written by Python 3 (array bytes via _codecs.encode); true Python 2
+    # pickles (BINSTRING array data, needing latin-1) are in test_safe_pickle_py2.py.
     array = np.linspace(0, 1, 7)
     path = tmp_path / "py2.pkl"
     path.write_bytes(pickle.dumps({"v": array}, protocol=2))

@@ -18,6 +18,7 @@ from fbench.shards import SourceOptions
 from fbench.shards.manifest import find_parts, merge_manifests, read_rejects
 from fbench.shards.prep import PrepConfig, PrepError, run_prep
 from fbench.shards.reader import iter_samples, shard_paths
+from pixel_check import assert_crop_matches_affine
 from test_shards_data import BLACK_FRAME, CLIP_FRAMES, GOOD_IMAGES, ToySource, image_variants, write_toy_dataset
 
 TESTS = Path(__file__).parent
@@ -107,6 +108,8 @@ def test_astronaut_round_trip_through_a_shard(reference, detector) -> None:
         expected = cv2.warpAffine(source, sample.affine, (256, 256), flags=cv2.INTER_LINEAR)
         # JPEG (q95) and resize filtering differ slightly from a plain warp: compare means.
         assert np.abs(expected.astype(float) - sample.image.astype(float)).mean() < 6
+        # ... and the grid to a tenth of a pixel (a one-pixel shift passed the mean check above).
+        assert_crop_matches_affine(sample.image, source, sample.affine, sample.key)
 
 
 def _toy_file(result, rel: str) -> np.ndarray:
@@ -258,7 +261,7 @@ def _read(path: Path) -> np.ndarray:
     return read_image(path)
 
 
-@pytest.mark.slow
+# Runs by default (issue 15 item 8): about 5-9 s on 2 shared cores, the toy dataset is already small.
 def test_sigkilled_worker_then_rerun_gives_the_same_manifest(toy_root: Path, tmp_path: Path, reference) -> None:
     """A worker process dies by SIGKILL part way (2 workers, in a subprocess); the run fails with a
     clear message, and rerunning the same command finishes with the reference manifest."""
@@ -267,6 +270,7 @@ import sys
 from pathlib import Path
 from fbench.landmarks import LandmarkConfig
 from fbench.shards.prep import PrepConfig, PrepError, run_prep
+from pixel_check import assert_crop_matches_affine
 from test_shards_data import ToySource
 if __name__ == "__main__":
     cfg = PrepConfig(root=Path({str(toy_root)!r}), out=Path({str(tmp_path / 'out')!r}),
