@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fbench.shards import augment
+from methods.smirk import augment
 from methods.smirk.augment import SmirkAugment
 
 N = 4000
