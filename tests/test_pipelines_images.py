@@ -315,6 +315,9 @@ def test_affectnet_header_order_and_limits(tmp_path) -> None:
     # Columns in another order: read by header name.
     header = "expression,valence,arousal,subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks"
     rows = [f"{k % 11},-2,-2,{k}/img{k}.jpg,0,0,10,10,{lm}" for k in range(6)]
+    for k in range(6):  # listing checks that the images exist (it never reads them)
+        (tmp_path / "Manually_Annotated_Images" / str(k)).mkdir()
+        (tmp_path / "Manually_Annotated_Images" / str(k) / f"img{k}.jpg").write_bytes(b"")
     (lists / "training.csv").write_text("\n".join([header, *rows]) + "\n")
     items = affectnet.AffectNetSource().items(tmp_path, SourceOptions())
     assert [i.labels["expression"] for i in items] == list(range(6)) and all(i.split == "train" for i in items)

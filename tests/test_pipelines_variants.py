@@ -1,0 +1,158 @@
+"""Copies of the datasets in the layouts they circulate in (issue 14): each variant written by
+`fbench synth <dataset> --variant V` through the CLI, prepped by `fbench prep <dataset>` and checked
+against the writer's ground truth (samples, labels, landmarks), plus the errors a wrong copy gets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fbench.synth.ground_truth import read_ground_truth
+from pipelines_support import check_counts, load_prepped, prep_cli, source_landmarks
+
+AFFECTNET_TOL_PX = 0.005 + 1e-3  # two decimals in the CSV / the npy landmarks, float32 crop storage
+
+
+def synth_cli(dataset: str, out: Path, flame_dir: Path, *args: str) -> str:
+    """`fbench synth DATASET --out OUT --flame FLAME ARGS` through fbench.cli.main."""
+    from fbench.cli import main
+
+    result = CliRunner().invoke(main, ["synth", dataset, "--out", str(out), "--flame", str(flame_dir), *args],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# -------------------------------------------------------------------------------------- AffectNet
+
+
+@pytest.fixture(scope="module")
+def affectnet_variants(tmp_path_factory, flame_dir):
+    """One synthetic AffectNet per variant (10 images, 2 of them val rows, 2 corrupted), written on first use."""
+    cache: dict[str, Path] = {}
+
+    def get(variant: str) -> Path:
+        if variant not in cache:
+            root = tmp_path_factory.mktemp(f"affectnet-{variant}") / "AffectNet"
+            synth_cli("affectnet", root, flame_dir, "--n", "10", "--corrupt", "2", "--variant", variant)
+            cache[variant] = root
+        return cache[variant]
+    return get
+
+
+def check_affectnet(root: Path, out: Path, npy: bool) -> dict:
+    """Prep `root` and compare every sample with the ground truth; corrupted items are the only rejects."""
+    output, _ = prep_cli("affectnet", root, out, "--landmarks", "annotations", "--size", "64")
+    manifest, samples, rejects = load_prepped(out, "affectnet")
+    check_counts(manifest, samples, rejects)
+    gt = read_ground_truth(root)
+    rows = {p: i for i, p in enumerate(gt.paths)}
+    corrupted = {c["path"]: c for c in json.loads(gt.attrs["corrupted_items"])}
+    assert len(samples) == len(gt) - len(corrupted) and len(rejects) == len(corrupted) == 2
+    for s in samples:
+        row = rows[s.meta["source_path"]]
+        labels = s.meta["labels"]
+        assert s.meta["split"] == text(gt.extras["split"][row])
+        assert labels["expression"] == int(gt.extras["expression"][row])
+        assert (labels["valence"], labels["arousal"]) == (float(gt.extras["valence"][row]),
+                                                          float(gt.extras["arousal"][row]))
+        assert labels["va_valid"] == (labels["valence"] != -2)
+        assert labels["face_box"] == (None if npy else gt.extras["face_box"][row].tolist())
+        assert np.abs(source_landmarks(s) - gt.extras["landmarks68"][row]).max() < AFFECTNET_TOL_PX
+    assert {s.meta["split"] for s in samples} == {"train", "val"}
+    reasons = {r["file"]: r["reason"] for r in rejects}
+    for path, c in corrupted.items():
+        if c["kind"] == "truncated":
+            assert "cannot decode image" in reasons[path]
+        elif npy:  # the malformed landmark array: one reject naming the file
+            assert reasons[path].startswith(c["file"]) and "expected 68 (x, y) points" in reasons[path]
+        else:
+            assert f"{c['file']} line {c['line']}: 6 fields, expected 9" in reasons[c["file"]]
+    manifest["output"] = output
+    return manifest
+
+
+@pytest.mark.parametrize("variant, image_dir, lists", [
+    ("compressed", "Manually_Annotated_compressed/Manually_Annotated_Images", "Manually_Annotated_file_lists/"),
+    ("emoca", "Manually_Annotated/Manually_Annotated_Images", "Manually_Annotated/"),
+    ("root-lists", "Manually_Annotated_Images", ""),
+    ("headerless", "Manually_Annotated_Images", "Manually_Annotated_file_lists/"),
+])
+def test_affectnet_csv_variants_prep(affectnet_variants, tmp_path, variant, image_dir, lists) -> None:
+    root = affectnet_variants(variant)
+    assert (root / image_dir).is_dir() and (root / f"{lists}training.csv").is_file()
+    first = (root / f"{lists}validation.csv").read_text().splitlines()[0]
+    assert first.startswith("subDirectory_filePath") == (variant != "headerless")
+    manifest = check_affectnet(root, tmp_path, npy=False)
+    listing = manifest["listing"]
+    assert listing["layout"] == "csv" and listing["image_dir"] == image_dir
+    assert listing["lists"] == {"train": f"{lists}training.csv", "val": f"{lists}validation.csv"}
+    assert f"affectnet: layout csv (images {image_dir}/" in manifest["output"]
+
+
+def test_affectnet_npy_distribution_prep(affectnet_variants, tmp_path) -> None:
+    root = affectnet_variants("npy")
+    assert not (root / "Manually_Annotated_Images").exists() and (root / "val_set" / "annotations").is_dir()
+    manifest = check_affectnet(root, tmp_path, npy=True)
+    assert manifest["listing"]["layout"] == "npy"
+    assert manifest["listing"]["folders"] == {"train": "train_set", "val": "val_set"}
+    assert "affectnet: layout npy (train_set/images + train_set/annotations" in manifest["output"]
+
+
+def test_affectnet_npy_bad_arrays_are_rejects(affectnet_variants, tmp_path) -> None:
+    """A missing array, a pickled object array (never unpickled) and an out-of-range class are one
+    reject each, naming the file; the rest of the run goes on."""
+    import pickle
+
+    root = tmp_path / "AffectNet"
+    shutil.copytree(affectnet_variants("npy"), root)
+    ann = root / "train_set" / "annotations"
+    stems = sorted(p.name[: -len("_exp.npy")] for p in ann.glob("*_exp.npy"))
+    gt = read_ground_truth(root)
+    corrupted = {c["path"] for c in json.loads(gt.attrs["corrupted_items"])}
+    good = [s for s in stems if f"train_set/images/{s}.jpg" not in corrupted]
+    (ann / f"{good[0]}_aro.npy").unlink()
+    np.save(ann / f"{good[1]}_val.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    np.save(ann / f"{good[2]}_exp.npy", np.array("12"))
+    prep_cli("affectnet", root, tmp_path / "out", "--landmarks", "annotations", "--size", "64")
+    manifest, samples, rejects = load_prepped(tmp_path / "out", "affectnet")
+    check_counts(manifest, samples, rejects)
+    reasons = {r["file"]: r["reason"] for r in rejects}
+    assert reasons[f"train_set/images/{good[0]}.jpg"] == f"train_set/annotations/{good[0]}_aro.npy: missing"
+    assert reasons[f"train_set/images/{good[1]}.jpg"].startswith(f"train_set/annotations/{good[1]}_val.npy: ")
+    assert "12 is not a class 0-10" in reasons[f"train_set/images/{good[2]}.jpg"]
+    assert len(rejects) == len(corrupted) + 3
+    del pickle
+
+
+def test_affectnet_missing_images_stop_with_where_it_looked(affectnet_variants, tmp_path) -> None:
+    """The lists without their images (archive not extracted, or elsewhere): an error naming the folders
+    searched, not a run of rejects; a few missing images are still only rejects."""
+    root = tmp_path / "AffectNet"
+    shutil.copytree(affectnet_variants("emoca"), root)
+    images = root / "Manually_Annotated" / "Manually_Annotated_Images"
+    shutil.rmtree(images)
+    output, code = prep_cli("affectnet", root, tmp_path / "out", "--landmarks", "annotations", ok=False)
+    assert code != 0 and "no image folder; looked for Manually_Annotated_Images, " \
+        "Manually_Annotated_compressed/Manually_Annotated_Images, Manually_Annotated/Manually_Annotated_Images" in output
+    images.mkdir()  # the folder exists but is empty
+    output, code = prep_cli("affectnet", root, tmp_path / "out", "--landmarks", "annotations", ok=False)
+    assert code != 0 and "checked rows of Manually_Annotated/training.csv are missing" in output
+    assert "looked in Manually_Annotated/Manually_Annotated_Images/" in output
+
+
+def test_synth_unknown_variant_is_a_clear_error(tmp_path, flame_dir) -> None:
+    from fbench.cli import main
+
+    result = CliRunner().invoke(main, ["synth", "affectnet", "--out", str(tmp_path / "a"), "--flame", str(flame_dir),
+                                       "--variant", "nope"])
+    assert result.exit_code != 0 and "synthetic affectnet has no variant 'nope'; choose from default" in result.output
