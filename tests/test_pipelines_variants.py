@@ -156,3 +156,54 @@ def test_synth_unknown_variant_is_a_clear_error(tmp_path, flame_dir) -> None:
     result = CliRunner().invoke(main, ["synth", "affectnet", "--out", str(tmp_path / "a"), "--flame", str(flame_dir),
                                        "--variant", "nope"])
     assert result.exit_code != 0 and "synthetic affectnet has no variant 'nope'; choose from default" in result.output
+
+
+# ----------------------------------------------------------------------------------------- CelebA
+
+
+@pytest.fixture(scope="module")
+def celeba_variants(tmp_path_factory, flame_dir):
+    cache: dict[str, Path] = {}
+
+    def get(variant: str) -> Path:
+        if variant not in cache:
+            root = tmp_path_factory.mktemp(f"celeba-{variant}") / "CelebA"
+            synth_cli("celeba", root, flame_dir, "--n", "8", "--corrupt", "2", "--variant", variant)
+            cache[variant] = root
+        return cache[variant]
+    return get
+
+
+@pytest.mark.parametrize("variant, sub, layout, identities", [
+    ("torchvision", "", "torchvision", True),          # --root at torchvision's root (holding celeba/)
+    ("torchvision", "celeba", "torchvision", True),    # --root at the celeba/ folder itself
+    ("csv", "", "csv", False),                         # the CSV mirror: no identity file
+])
+def test_celeba_copy_layouts_prep(celeba_variants, tmp_path, variant, sub, layout, identities) -> None:
+    base = celeba_variants(variant)
+    root = base / sub if sub else base
+    if variant == "torchvision":  # SMIRK's copy of identity_CelebA.txt: CRLF line endings
+        assert b"\r\n" in (base / "celeba" / "identity_CelebA.txt").read_bytes()
+    output, _ = prep_cli("celeba", root, tmp_path, "--landmarks", "annotations", "--size", "64")
+    manifest, samples, rejects = load_prepped(tmp_path, "celeba")
+    check_counts(manifest, samples, rejects)
+    gt = read_ground_truth(base)
+    prefix = f"{sub}/" if sub else ""
+    rows = {p.removeprefix(prefix): i for i, p in enumerate(gt.paths)}
+    kinds = {c["path"].removeprefix(prefix): c for c in json.loads(gt.attrs["corrupted_items"])}
+    assert len(samples) == len(gt) - len(kinds) and len(rejects) == len(kinds) == 2
+    for s in samples:
+        row = rows[s.meta["source_path"]]
+        assert np.abs(source_landmarks(s) - gt.extras["landmarks5_int"][row]).max() < 1e-3
+        assert s.meta["split"] == text(gt.extras["split"][row])
+        assert s.meta["labels"]["identity"] == (int(gt.extras["identity"][row]) if identities else None)
+    assert {s.meta["split"] for s in samples} <= {"train", "val", "test"} and len({s.meta["split"] for s in samples}) >= 2
+    for r in rejects:
+        image = next(p for p in kinds if p.endswith(f"/{r['id']}.jpg"))
+        if kinds[image]["kind"] == "truncated":
+            assert r["file"] == image and "cannot decode image" in r["reason"]
+        else:
+            assert r["file"] == kinds[image]["file"].removeprefix(prefix) and " line " in r["reason"]
+    assert manifest["listing"]["layout"] == layout
+    assert manifest["listing"]["identity"] == ((f"{'' if sub else 'celeba/'}identity_CelebA.txt") if identities else None)
+    assert f"celeba: layout {layout} (" in output
