@@ -121,7 +121,7 @@ def test_ffhq_without_json_splits_by_index(tmp_path) -> None:
         (5, "train", "training"), (59999, "train", "training"), (60000, "val", "validation"),
         (69999, "val", "validation")]
     assert all(i.annotations is None for i in items)
-    with pytest.raises(ValueError, match="neither ffhq-dataset-v2.json nor a in-the-wild-images/ folder"):
+    with pytest.raises(ValueError, match="neither ffhq-dataset-v2.json, nor a in-the-wild-images/ folder"):
         ffhq.FFHQSource().items(tmp_path, SourceOptions(filters={"images": ("wild",)}))
 
 

@@ -207,3 +207,69 @@ def test_celeba_copy_layouts_prep(celeba_variants, tmp_path, variant, sub, layou
     assert manifest["listing"]["layout"] == layout
     assert manifest["listing"]["identity"] == ((f"{'' if sub else 'celeba/'}identity_CelebA.txt") if identities else None)
     assert f"celeba: layout {layout} (" in output
+
+
+# ------------------------------------------------------------------------------------------- FFHQ
+
+
+@pytest.fixture(scope="module")
+def ffhq_flat(tmp_path_factory, flame_dir) -> Path:
+    root = tmp_path_factory.mktemp("ffhq-flat") / "ffhq256"
+    synth_cli("ffhq", root, flame_dir, "--n", "6", "--corrupt", "2", "--variant", "flat256")
+    return root
+
+
+def test_ffhq_flat_folder_without_json_preps_with_detected_landmarks(ffhq_flat, tmp_path) -> None:
+    """SMIRK's copy: a flat folder of 256 px images, no JSON. Splits by index, landmarks detected
+    (MediaPipe) near the ground truth; corrupt images are rejects; the layout is in the manifest."""
+    from pipelines_support import mediapipe_error
+
+    assert not (ffhq_flat / "ffhq-dataset-v2.json").exists() and sorted(p.name for p in ffhq_flat.glob("*.png"))
+    output, _ = prep_cli("ffhq", ffhq_flat, tmp_path, "--fan", "off", "--mediapipe-backend", "facemesh",
+                         "--size", "128")
+    manifest, samples, rejects = load_prepped(tmp_path, "ffhq")
+    check_counts(manifest, samples, rejects)
+    gt = read_ground_truth(ffhq_flat)
+    rows = {p: i for i, p in enumerate(gt.paths)}
+    corrupted = set(json.loads(gt.attrs["corrupted"]))
+    assert len(samples) == len(gt) - len(corrupted) and {r["file"] for r in rejects} == corrupted
+    errors = []
+    for s in samples:
+        row = rows[s.meta["source_path"]]
+        assert "/" not in s.meta["source_path"] and s.meta["labels"]["index"] == int(gt.extras["index"][row])
+        assert s.meta["split"] == text(gt.extras["split"][row])
+        assert s.meta["labels"]["category"] == text(gt.extras["category"][row])
+        assert s.ann is None and s.meta["landmarks"]["mp"]
+        errors.append(mediapipe_error(s, gt.extras["landmarks_mp"][row], gt.extras["landmarks68"][row]))
+    assert errors and max(errors) < 0.08, errors
+    assert manifest["listing"] == {"summary": manifest["listing"]["summary"], "layout": "flat", "json": False}
+    assert "ffhq: layout flat (no ffhq-dataset-v2.json: splits by index, landmarks from the detectors" in output
+
+
+def test_ffhq_json_for_another_resolution_is_refused(ffhq_flat, tmp_path) -> None:
+    """The 1024 px JSON beside 256 px images: a clear error naming the image, both sizes and the way out."""
+    root = tmp_path / "FFHQ"
+    shutil.copytree(ffhq_flat, root)
+    gt = read_ground_truth(root)
+    entries = {}
+    for row, index in enumerate(gt.extras["index"]):
+        index = int(index)
+        entries[str(index)] = {"category": "training" if index < 60000 else "validation",
+                               "image": {"file_path": f"images1024x1024/{index // 1000 * 1000:05d}/{index:05d}.png",
+                                         "pixel_size": [1024, 1024],
+                                         "face_landmarks": (gt.extras["landmarks68"][row] * 4).tolist()}}
+    (root / "ffhq-dataset-v2.json").write_text(json.dumps(entries))
+    output, code = prep_cli("ffhq", root, tmp_path / "out", "--landmarks", "annotations", ok=False)
+    assert code != 0 and "the image is 256x256 px but ffhq-dataset-v2.json gives image.pixel_size 1024x1024" in output
+    assert "Move ffhq-dataset-v2.json away" in output
+    # With the JSON's size the same copy is accepted (the check compares, it does not refuse flat copies).
+    for entry in entries.values():
+        entry["image"]["pixel_size"] = [256, 256]
+        entry["image"]["face_landmarks"] = (np.asarray(entry["image"]["face_landmarks"]) / 4).tolist()
+    (root / "ffhq-dataset-v2.json").write_text(json.dumps(entries))
+    output, code = prep_cli("ffhq", root, tmp_path / "out2", "--landmarks", "annotations", "--size", "64")
+    manifest, samples, _ = load_prepped(tmp_path / "out2", "ffhq")
+    assert manifest["listing"]["layout"] == "json" and len(samples) == len(gt) - 2
+    rows = {p: i for i, p in enumerate(gt.paths)}
+    for s in samples:  # the JSON's landmarks, found for the flat images at the root
+        assert np.abs(source_landmarks(s) - gt.extras["landmarks68"][rows[s.meta["source_path"]]]).max() < 1e-2
