@@ -273,3 +273,37 @@ def test_ffhq_json_for_another_resolution_is_refused(ffhq_flat, tmp_path) -> Non
     rows = {p: i for i, p in enumerate(gt.paths)}
     for s in samples:  # the JSON's landmarks, found for the flat images at the root
         assert np.abs(source_landmarks(s) - gt.extras["landmarks68"][rows[s.meta["source_path"]]]).max() < 1e-2
+
+
+# ------------------------------------------------------------------------------------------- MEAD
+
+
+@pytest.mark.parametrize("variant, form", [
+    ("view-1", "{actor}/video/{view}/1/"),  # about 15 s each (seven videos written): the other two are slow
+    pytest.param("video-1", "{actor}/video/1/{view}/", marks=pytest.mark.slow),
+    pytest.param("1", "{actor}/1/{view}/", marks=pytest.mark.slow)])
+def test_mead_path_variants_inferno_accepts_prep(tmp_path, flame_dir, variant, form) -> None:
+    """Every path form inferno's MEAD reader tolerates: written by `fbench synth mead --variant`, prepped
+    with the ground-truth landmark table, labels and landmarks checked against the ground truth."""
+    root = tmp_path / "MEAD"
+    synth_cli("mead", root, flame_dir, "--n", "1", "--variant", variant)
+    gt = read_ground_truth(root)
+    assert all(p.startswith(form.format(actor=p.split("/")[0], view=text(v)))
+               for p, v in zip(gt.paths, gt.extras["view"]))
+    prep_cli("mead", root, tmp_path / "out", "--landmarks", "annotations", "--annotations",
+             str(root / "fbench_ground_truth.h5"), "--views", "front,left_30", "--size", "64", "--frame-stride", "4")
+    manifest, samples, rejects = load_prepped(tmp_path / "out", "mead")
+    check_counts(manifest, samples, rejects)
+    assert not rejects
+    rows = {(p, int(f)): i for i, (p, f) in enumerate(zip(gt.paths, gt.frames))}
+    assert {s.meta["source_path"] for s in samples} == {p for p, v in zip(gt.paths, gt.extras["view"])
+                                                        if text(v) in ("front", "left_30")}
+    for s in samples:
+        row = rows[(s.meta["source_path"], s.meta["frame_index"])]
+        labels = s.meta["labels"]
+        assert (labels["view"], labels["emotion"], labels["level"], labels["clip"]) == (
+            text(gt.extras["view"][row]), text(gt.extras["emotion"][row]), int(gt.extras["level"][row]),
+            text(gt.extras["clip"][row]))
+        if gt.extras["face_visible"][row]:
+            assert np.abs(source_landmarks(s) - gt.extras["landmarks68"][row]).max() < 2e-3
+    assert "1_" in samples[0].key.removeprefix("mead_")  # the extra folder is kept in the key

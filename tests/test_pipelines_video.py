@@ -417,6 +417,8 @@ def test_mead_layout_quirks_and_splits(tmp_path) -> None:
         ("W021/video/front/sad/level_3/002.mp4", "train"), ("M042/video/top/neutral/level_1/003.mp4", "val"),
         ("M028/video/down/fear/level_1/004.mp4", "test")]
     assert items[1].id == "W021_1_front_sad_level_3_002" and items[2].id == "W021_front_sad_level_3_002"
+    assert mead.parse_path("W023/video/front/1/happy/level_1/005.mp4")["quirk"] == "v1"
+    assert mead.parse_path("W023/video/front/1/2/happy/level_1/005.mp4") is None
     picked = mead.MEADSource().items(tmp_path, SourceOptions(filters={"emotions": ("sad",), "levels": ("3",)}))
     assert [i.labels["view"] for i in picked] == ["front", "front"]
     with pytest.raises(ValueError, match="unknown levels '4'"):
