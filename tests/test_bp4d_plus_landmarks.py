@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from pipelines_support import synth_cli
 
 from fbench.fitting.scan import ScanFitConfig, ScanFrame, initial_transforms
 from fbench.fitting.scan_io import read_scan
@@ -26,12 +27,8 @@ from test_fitting_bp4d import FAST, _angle_deg, _gt_similarity
 @pytest.fixture(scope="module")
 def plus(tmp_path_factory, flame_dir) -> Path:
     """`fbench synth bp4d --variant bp4dplus --n 1` through the CLI."""
-    from fbench.cli import main
-
     root = tmp_path_factory.mktemp("bp4dplus") / "BP4D+"
-    result = CliRunner().invoke(main, ["synth", "bp4d", "--out", str(root), "--n", "1", "--variant", "bp4dplus",
-                                       "--flame", str(flame_dir)], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    synth_cli("bp4d", root, flame_dir, "--n", "1", "--variant", "bp4dplus")
     return root
 
 

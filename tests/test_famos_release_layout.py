@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from pipelines_support import synth_cli
 
 from fbench.fitting.store import read_fits
 from fbench.geometry import Mesh, read_mesh, write_mesh
@@ -25,12 +26,8 @@ SUBJECT = "FaMoS_subject_001"
 @pytest.fixture(scope="module")
 def release(tmp_path_factory, flame_dir) -> Path:
     """`fbench synth famos --variant release` through the CLI (one subject)."""
-    from fbench.cli import main
-
     root = tmp_path_factory.mktemp("famos-release") / "training_data"
-    result = CliRunner().invoke(main, ["synth", "famos", "--out", str(root), "--n", "1", "--variant", "release",
-                                       "--flame", str(flame_dir)], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    synth_cli("famos", root, flame_dir, "--n", "1", "--variant", "release")
     return root
 
 

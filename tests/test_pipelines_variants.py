@@ -13,19 +13,22 @@ import pytest
 from click.testing import CliRunner
 
 from fbench.synth.ground_truth import read_ground_truth
-from pipelines_support import check_counts, load_prepped, prep_cli, source_landmarks
+from pipelines_support import check_counts, load_prepped, prep_cli, source_landmarks, synth_cli
 
 AFFECTNET_TOL_PX = 0.005 + 1e-3  # two decimals in the CSV / the npy landmarks, float32 crop storage
 
 
-def synth_cli(dataset: str, out: Path, flame_dir: Path, *args: str) -> str:
-    """`fbench synth DATASET --out OUT --flame FLAME ARGS` through fbench.cli.main."""
-    from fbench.cli import main
+def variant_writer(tmp_path_factory, flame_dir: Path, dataset: str, folder: str, *args: str):
+    """A function variant -> root of `fbench synth DATASET ARGS --variant V`, written once per module."""
+    cache: dict[str, Path] = {}
 
-    result = CliRunner().invoke(main, ["synth", dataset, "--out", str(out), "--flame", str(flame_dir), *args],
-                                catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
+    def get(variant: str) -> Path:
+        if variant not in cache:
+            root = tmp_path_factory.mktemp(f"{dataset}-{variant}") / folder
+            synth_cli(dataset, root, flame_dir, *args, "--variant", variant)
+            cache[variant] = root
+        return cache[variant]
+    return get
 
 
 def text(value) -> str:
@@ -38,15 +41,7 @@ def text(value) -> str:
 @pytest.fixture(scope="module")
 def affectnet_variants(tmp_path_factory, flame_dir):
     """One synthetic AffectNet per variant (10 images, 2 of them val rows, 2 corrupted), written on first use."""
-    cache: dict[str, Path] = {}
-
-    def get(variant: str) -> Path:
-        if variant not in cache:
-            root = tmp_path_factory.mktemp(f"affectnet-{variant}") / "AffectNet"
-            synth_cli("affectnet", root, flame_dir, "--n", "10", "--corrupt", "2", "--variant", variant)
-            cache[variant] = root
-        return cache[variant]
-    return get
+    return variant_writer(tmp_path_factory, flame_dir, "affectnet", "AffectNet", "--n", "10", "--corrupt", "2")
 
 
 def check_affectnet(root: Path, out: Path, npy: bool) -> dict:
@@ -163,15 +158,7 @@ def test_synth_unknown_variant_is_a_clear_error(tmp_path, flame_dir) -> None:
 
 @pytest.fixture(scope="module")
 def celeba_variants(tmp_path_factory, flame_dir):
-    cache: dict[str, Path] = {}
-
-    def get(variant: str) -> Path:
-        if variant not in cache:
-            root = tmp_path_factory.mktemp(f"celeba-{variant}") / "CelebA"
-            synth_cli("celeba", root, flame_dir, "--n", "8", "--corrupt", "2", "--variant", variant)
-            cache[variant] = root
-        return cache[variant]
-    return get
+    return variant_writer(tmp_path_factory, flame_dir, "celeba", "CelebA", "--n", "8", "--corrupt", "2")
 
 
 @pytest.mark.parametrize("variant, sub, layout, identities", [
