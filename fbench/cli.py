@@ -279,7 +279,7 @@ def render(params_path: Path, out: Path, size: int, flame: Path | None) -> None:
 @click.option("--n", "n", type=int, default=None, help="How many images/videos/subjects (dataset default if omitted).")
 @click.option("--seed", default=0, show_default=True, help="Random seed; the same seed writes the same dataset.")
 @click.option("--corrupt", default=0, show_default=True, help="Deliberately corrupt this many files (robustness tests).")
-@click.option("--variant", default=None, help="On-disk layout variant of the copy (see data_cards/DATASET.yaml), e.g. affectnet npy.")
+@click.option("--variant", default=None, help="Layout variant of the copy (data_cards/DATASET.yaml), e.g. npy.")
 @flame_option
 def synth(dataset: str, out: Path, n: int | None, seed: int, corrupt: int, variant: str | None,
           flame: Path | None) -> None:

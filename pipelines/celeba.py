@@ -94,7 +94,8 @@ def find_layout(root: Path) -> Layout:
     for layout in LAYOUTS:
         if (root / layout.partition).is_file():
             return layout
-    raise ValueError(f"{root}: no CelebA partition list (looked for {', '.join(dict.fromkeys(l.partition for l in LAYOUTS))}); "
+    looked = ", ".join(dict.fromkeys(layout.partition for layout in LAYOUTS))
+    raise ValueError(f"{root}: no CelebA partition list (looked for {looked}); "
                      "--root must be the CelebA root (release Img/ Anno/ Eval/, torchvision's celeba/ folder or "
                      "the CSV mirror)")
 PARTITIONS = {"0": "train", "1": "val", "2": "test"}

@@ -197,7 +197,8 @@ def test_celeba_malicious_and_malformed_rows_are_rejects(celeba_root, tmp_path) 
 
 def test_celeba_wrong_root_is_a_clear_error(tmp_path) -> None:
     output, code = prep_cli("celeba", tmp_path, tmp_path / "out", "--landmarks", "annotations", ok=False)
-    assert code != 0 and "no CelebA partition list (looked for Eval/list_eval_partition.txt, list_eval_partition.txt" in output
+    assert code != 0 and "no CelebA partition list (looked for Eval/list_eval_partition.txt, list_eval_partition.txt" \
+        in output
 
 
 # -------------------------------------------------------------------------------------- AffectNet

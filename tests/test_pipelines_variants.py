@@ -137,8 +137,8 @@ def test_affectnet_missing_images_stop_with_where_it_looked(affectnet_variants, 
     images = root / "Manually_Annotated" / "Manually_Annotated_Images"
     shutil.rmtree(images)
     output, code = prep_cli("affectnet", root, tmp_path / "out", "--landmarks", "annotations", ok=False)
-    assert code != 0 and "no image folder; looked for Manually_Annotated_Images, " \
-        "Manually_Annotated_compressed/Manually_Annotated_Images, Manually_Annotated/Manually_Annotated_Images" in output
+    assert code != 0 and "no image folder; looked for Manually_Annotated_Images, Manually_Annotated_compressed/" \
+        "Manually_Annotated_Images, Manually_Annotated/Manually_Annotated_Images" in output
     images.mkdir()  # the folder exists but is empty
     output, code = prep_cli("affectnet", root, tmp_path / "out", "--landmarks", "annotations", ok=False)
     assert code != 0 and "checked rows of Manually_Annotated/training.csv are missing" in output
@@ -184,7 +184,8 @@ def test_celeba_copy_layouts_prep(celeba_variants, tmp_path, variant, sub, layou
         assert np.abs(source_landmarks(s) - gt.extras["landmarks5_int"][row]).max() < 1e-3
         assert s.meta["split"] == text(gt.extras["split"][row])
         assert s.meta["labels"]["identity"] == (int(gt.extras["identity"][row]) if identities else None)
-    assert {s.meta["split"] for s in samples} <= {"train", "val", "test"} and len({s.meta["split"] for s in samples}) >= 2
+    splits = {s.meta["split"] for s in samples}
+    assert splits <= {"train", "val", "test"} and len(splits) >= 2
     for r in rejects:
         image = next(p for p in kinds if p.endswith(f"/{r['id']}.jpg"))
         if kinds[image]["kind"] == "truncated":
@@ -192,7 +193,8 @@ def test_celeba_copy_layouts_prep(celeba_variants, tmp_path, variant, sub, layou
         else:
             assert r["file"] == kinds[image]["file"].removeprefix(prefix) and " line " in r["reason"]
     assert manifest["listing"]["layout"] == layout
-    assert manifest["listing"]["identity"] == ((f"{'' if sub else 'celeba/'}identity_CelebA.txt") if identities else None)
+    identity_file = f"{'' if sub else 'celeba/'}identity_CelebA.txt"
+    assert manifest["listing"]["identity"] == (identity_file if identities else None)
     assert f"celeba: layout {layout} (" in output
 
 

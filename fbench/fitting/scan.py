@@ -145,8 +145,8 @@ def initial_transforms(flame: FLAME, frames: list[ScanFrame], config: ScanFitCon
         scale = UNIT_SCALE[config.scan_units]
         return icp_initial_transforms(flame, frames, scale, config), scale
     if not known:
-        raise ValueError("no frame of this subject has enough 3D landmarks for the initialisation"
-                         + ("" if config.scan_units != "unknown" else " (the landmark-free one needs known scan_units)"))
+        why = "" if config.scan_units != "unknown" else " (the landmark-free one needs known scan_units)"
+        raise ValueError("no frame of this subject has enough 3D landmarks for the initialisation" + why)
     if config.scan_units == "unknown":
         scale = float(np.median([sims[i].scale for i in known]))
     else:

@@ -234,7 +234,8 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, variant: st
         "flame_model": str(flame.source), "image_size": np.array([WIDTH, HEIGHT]), "jpeg_quality": JPEG_QUALITY,
         "real_images": REAL_IMAGES, "real_identities": REAL_IDENTITIES,
         "variant": variant,
-        "layout": f"{layout['images']}/<NNNNNN>.jpg; {layout['landmarks']}; {layout['identity']}; {layout['partition']}",
+        "layout": (f"{layout['images']}/<NNNNNN>.jpg; {layout['landmarks']}; {layout['identity']}; "
+                   f"{layout['partition']}"),
         "alignment": ("least-squares similarity of the five points onto alignment_template, jittered by +-1.5 px, "
                       "+-5 % scale, +-3 deg roll"),
         "alignment_template": TEMPLATE,
