@@ -18,8 +18,10 @@ speaker. fbench's splits:
 
 Each sample's labels: video_id, clip, folder (the release folder), and the transcript's text,
 conf and ref (the source YouTube id), the word table `words` ([word, start s, end s, ASD score])
-and the face-track table `face_track` ([frame, x, y, w, h], relative box coordinates as written)
-when the file has them (null otherwise: pretrain files and some others lack a table). A missing or
+and the face-track table: each frame's sample stores its own row as `face_track` ([x, y, w, h],
+relative box coordinates as written; null for a frame the table lacks) and the clip's row count as
+`face_track_frames`, when the file has them (null otherwise: pretrain files and some others lack a
+table). A missing or
 malformed transcript does not lose the clip (the frames are fine): its labels are null and
 `transcript_error` names the file and the problem; the run's summary line and manifest
 (`listing.transcripts`) count failed and missing transcripts, so a systematic failure shows in
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from fbench.shards import SourceItem, SourceOptions, resolve_in_root, walk_files
+from fbench.shards.source import PER_FRAME_LABELS
 from pipelines.common import PipelineSource, build_plugin, limit_per_split, video_annotations, with_annotations
 
 log = logging.getLogger(__name__)
@@ -182,12 +185,15 @@ class LRS3Source(PipelineSource):
     @staticmethod
     def _with_transcript(root: Path, item: SourceItem) -> SourceItem:
         txt = item.path[: -len(".mp4")] + ".txt"
-        labels: dict[str, Any] = dict(item.labels, text=None, conf=None, ref=None, words=None, face_track=None)
+        labels: dict[str, Any] = dict(item.labels, text=None, conf=None, ref=None, words=None, face_track_frames=None)
         try:
             t = parse_transcript(resolve_in_root(root, txt).read_text(encoding="utf-8"))
             labels.update(text=t.text, conf=t.conf, ref=t.ref,
-                          words=[list(w) for w in t.words] if t.words is not None else None,
-                          face_track=[list(r) for r in t.track] if t.track is not None else None)
+                          words=[list(w) for w in t.words] if t.words is not None else None)
+            if t.track is not None:
+                # Each frame's sample gets its own row ([x, y, w, h]), not the clip's whole table.
+                labels["face_track_frames"] = len(t.track)
+                labels[PER_FRAME_LABELS] = {"face_track": {str(f): [x, y, w, h] for f, x, y, w, h in t.track}}
         except FileNotFoundError:
             labels["transcript_error"] = f"{txt}: missing"
         except (OSError, UnicodeDecodeError, TranscriptError) as exc:
@@ -201,7 +207,7 @@ class LRS3Source(PipelineSource):
         errors = [i.labels["transcript_error"] for i in items if i.labels.get("transcript_error")]
         missing = sum(e.endswith(": missing") for e in errors)
         with_words = sum(i.labels.get("words") is not None for i in items)
-        with_track = sum(i.labels.get("face_track") is not None for i in items)
+        with_track = sum(i.labels.get("face_track_frames") is not None for i in items)
         line = (f"transcripts: {len(items) - len(errors)} of {len(items)} read ({with_words} with word timings, "
                 f"{with_track} with a face track), {len(errors) - missing} failed, {missing} missing")
         if errors:

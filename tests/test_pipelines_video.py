@@ -166,7 +166,7 @@ def test_lrs3_prep_matches_ground_truth(lrs3_root, tmp_path) -> None:
             assert labels["text"] is None and labels["conf"] is None and labels["transcript_error"].startswith(
                 s.meta["source_path"][: -len(".mp4")] + ".txt: line 1")
         else:
-            check_transcript_labels(labels, gt, orig(s.meta["source_path"]), txt in no_words)
+            check_transcript_labels(labels, gt, orig(s.meta["source_path"]), s.meta["frame_index"], txt in no_words)
     # One summary line (and the manifest) counts the failed transcripts: the malformed one and its copies.
     clips = {s.meta["source_path"] for s in samples} | {r["file"] for r in rejects}
     failed = sum(orig(c)[: -len(".mp4")] + ".txt" in corrupted for c in clips)
@@ -178,19 +178,22 @@ def test_lrs3_prep_matches_ground_truth(lrs3_root, tmp_path) -> None:
     assert manifest["config"]["options"]["filters"]["annotations"] == [str(table.resolve())]
 
 
-def check_transcript_labels(labels: dict, gt, rel: str, without_words: bool) -> None:
-    """A clip's transcript labels against the writer's ground truth: text from the words, ref = the
-    video id, the face track = the landmark box of each frame with a face, the word table unless absent."""
+def check_transcript_labels(labels: dict, gt, rel: str, frame: int, without_words: bool) -> None:
+    """A frame's transcript labels against the writer's ground truth: text from the words, ref = the
+    video id, its face-track row = the landmark box of the frame (None without a face: the table has no
+    row), the clip's row count, the word table unless absent; never the whole table per sample."""
     rows = [i for i, p in enumerate(gt.paths) if p == rel]
-    assert labels["ref"] == rel.split("/")[1] and "transcript_error" not in labels
+    assert labels["ref"] == rel.split("/")[1] and "transcript_error" not in labels and "per_frame" not in labels
     assert isinstance(labels["conf"], int) and 1 <= labels["conf"] <= 5
-    track = {int(r[0]): r[1:] for r in labels["face_track"]}
     visible = [i for i in rows if gt.extras["face_visible"][i]]
-    assert sorted(track) == [int(gt.frames[i]) for i in visible]
-    for i in visible:
-        lm = gt.extras["landmarks68"][i]
+    assert labels["face_track_frames"] == len(visible)
+    row = next(i for i in rows if int(gt.frames[i]) == frame)
+    if gt.extras["face_visible"][row]:
+        lm = gt.extras["landmarks68"][row]
         box = np.r_[lm.min(0), lm.max(0) - lm.min(0)] / 224
-        assert np.abs(np.asarray(track[int(gt.frames[i])]) - box).max() <= 5e-4 + 1e-9
+        assert np.abs(np.asarray(labels["face_track"]) - box).max() <= 5e-4 + 1e-9
+    else:
+        assert labels["face_track"] is None
     if without_words:
         assert labels["words"] is None and labels["text"]
     else:
