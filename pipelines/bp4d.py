@@ -3,7 +3,11 @@
 Reads ``<root>/<subject>/<task>/<frame>.{obj,wrl}`` (textured scans in mm, not in FLAME
 topology) with per-frame 3D landmarks (see data_cards/bp4d.yaml: the release's per-frame
 format is not publicly documented, so both mesh formats and several landmark-file
-namings are accepted), and runs :mod:`fbench.fitting.scan`: landmark (Umeyama)
+namings are accepted; ``landmark_patterns`` places the landmark file anywhere under the root
+from the subject, task, frame and scan name, e.g. BP4D+'s separate tree
+``3DFeatures/FacialLandmarks/<S>_<T>_<frame>.bndplus`` with 83 points: no 83-to-68 mapping is
+published, so such frames are initialised without landmarks, by multi-start rigid ICP,
+unless ``landmark_map`` is given), and runs :mod:`fbench.fitting.scan`: landmark (Umeyama)
 initialisation, a joint identity fit on frames spread over the subject's tasks, then
 robust (Geman-McClure) scan-to-mesh + landmark fits of every frame with that identity,
 restricted to the face region.
@@ -37,6 +41,7 @@ from fbench.fitting.scan_io import read_landmarks_3d, read_scan
 from fbench.fitting.store import FitStore, SequenceFit, UnsafeNameError, check_name
 from fbench.flame import FLAME
 from fbench.geometry import MeshError
+from fbench.shards import safe_relpath
 
 log = logging.getLogger("fbench.pipelines.bp4d")
 
@@ -52,9 +57,12 @@ class Bp4dConfig:
     scan: ScanFitConfig = field(default_factory=ScanFitConfig)
     stride: int = 1
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    # Landmark file next to each scan, first existing pattern wins ({stem}: the scan's name without suffix).
-    landmark_patterns: list[str] = field(default_factory=lambda: ["{stem}_lmk3d.txt", "{stem}.bnd", "{stem}.lm3",
-                                                                  "{stem}_landmarks.txt"])
+    # Where each scan's 3D landmark file is, relative to the dataset root; the first existing pattern wins.
+    # Fields: {subject}, {task}, {frame} (the scan's frame number, an int: {frame:04d}) and {stem} (the scan's
+    # file name without suffix). The last one is BP4D+'s separate landmark tree (83 points per file).
+    landmark_patterns: list[str] = field(default_factory=lambda: [
+        "{subject}/{task}/{stem}_lmk3d.txt", "{subject}/{task}/{stem}.bnd", "{subject}/{task}/{stem}.lm3",
+        "{subject}/{task}/{stem}_landmarks.txt", "3DFeatures/FacialLandmarks/{subject}_{task}_{frame:04d}.bndplus"])
     # For files with another point count (BP4D's 83-point scheme): pairs [file index, iBUG-68 index].
     landmark_map: list[list[int]] = field(default_factory=list)
 
@@ -100,12 +108,27 @@ def find_scans(root: Path, subject: str, tasks: list[str], patterns: list[str]) 
                 by_frame[frame] = p
         refs = []
         for frame, mesh in sorted(by_frame.items()):
-            lmk = next((tdir / pat.format(stem=mesh.stem) for pat in patterns
-                        if (tdir / pat.format(stem=mesh.stem)).is_file()), None)
-            refs.append(ScanRef(task, frame, mesh, lmk))
+            refs.append(ScanRef(task, frame, mesh, landmark_file(root, patterns, subject, task, frame, mesh.stem)))
         if refs:
             out[task] = refs
     return out
+
+
+def landmark_file(root: Path, patterns: list[str], subject: str, task: str, frame: int, stem: str) -> Path | None:
+    """The first existing landmark file of `patterns` (relative to the root) for one scan. A pattern that is
+    malformed, or names a path outside the root, is a DatasetError (it is configuration, not data)."""
+    for pattern in patterns:
+        try:
+            rel = safe_relpath(pattern.format(subject=subject, task=task, frame=frame, stem=stem))
+        except (KeyError, IndexError, ValueError) as exc:  # UnsafePathError is a ValueError
+            raise DatasetError(f"landmark pattern {pattern!r}: {exc} (fields: subject, task, frame, stem)") from None
+        if (root / rel).is_file():
+            return root / rel
+    return None
+
+
+class LandmarkScheme(ValueError):
+    """A landmark file in a scheme other than iBUG-68 and no landmark_map for it (e.g. BP4D+'s 83 points)."""
 
 
 def load_landmarks(path: Path | None, landmark_map: list[list[int]]) -> np.ndarray:
@@ -116,7 +139,8 @@ def load_landmarks(path: Path | None, landmark_map: list[list[int]]) -> np.ndarr
     if len(points) == 68 and not landmark_map:
         return points
     if not landmark_map:
-        raise ValueError(f"{path}: {len(points)} landmarks; iBUG-68 expected (give landmark_map for other schemes)")
+        raise LandmarkScheme(f"{path}: {len(points)} landmarks; iBUG-68 expected (give landmark_map for other "
+                             "schemes)")
     out = np.full((68, 3), np.nan)
     for src, dst in landmark_map:
         if src >= len(points) or not 0 <= dst < 68:
@@ -148,6 +172,7 @@ def fit_bp4d(root: Path, out: Path, flame: FLAME, config: Bp4dConfig, subjects: 
         raise DatasetError(f"{root}: no BP4D scans found (expected <subject>/<task>/<frame>.obj|.wrl)")
     total = sum(len(r) for todo in plan.values() for r in todo.values())
     bar = tqdm(total=total, unit="scan", desc="bp4d", disable=not progress)
+    schemes: list[str] = []  # frames whose landmark file is in another scheme (no landmark_map)
     for subject, todo in plan.items():
         frames: list[ScanFrame] = []
         refs: list[ScanRef] = []
@@ -162,6 +187,13 @@ def fit_bp4d(root: Path, out: Path, flame: FLAME, config: Bp4dConfig, subjects: 
                     continue
                 try:
                     lmk = load_landmarks(ref.landmarks, config.landmark_map)
+                except LandmarkScheme as exc:  # a whole dataset in another scheme: said once, not per frame
+                    if not schemes:
+                        log.warning("%s; no 83-to-68 mapping is shipped (none is published): these frames are "
+                                    "initialised without landmarks (multi-start rigid ICP) and fitted without a "
+                                    "landmark term; said once for the run", exc)
+                    schemes.append(rel)
+                    lmk = None
                 except (FileNotFoundError, ValueError) as exc:
                     log.warning("%s: landmarks unusable, initialised from a neighbouring frame (%s)", rel, exc)
                     lmk = None
@@ -214,6 +246,9 @@ def fit_bp4d(root: Path, out: Path, flame: FLAME, config: Bp4dConfig, subjects: 
                        "residual": "point-to-surface distance of face-region scan points to the fit (scan units)"}))
         store.consolidate()
     bar.close()
+    if schemes:
+        log.warning("%d frame(s) had landmarks in another scheme and were initialised without them (e.g. %s)",
+                    len(schemes), schemes[0])
     return store
 
 

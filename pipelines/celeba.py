@@ -9,6 +9,14 @@ Layout (data_cards/celeba.yaml)::
     <root>/Anno/list_attr_celeba.txt                 count, 40 attribute names, `<file> <40 x 1|-1>` (optional)
     <root>/Eval/list_eval_partition.txt              `<file> <0|1|2>`
 
+Copies come in other layouts, found automatically (recorded in manifest.json `listing`):
+torchvision's flat folder (`celeba/img_align_celeba/` with list_eval_partition.txt,
+list_landmarks_align_celeba.txt, identity_CelebA.txt, list_attr_celeba.txt in `celeba/`; --root
+at that folder or its parent) and the CSV mirror (list_eval_partition.csv,
+list_landmarks_align_celeba.csv, list_attr_celeba.csv with an `image_id` header row; images in
+img_align_celeba/img_align_celeba/ or img_align_celeba/; identity_CelebA.txt beside them if
+added, else identity is null). CRLF line endings parse everywhere.
+
 Items: every image of the partition file, in its order; partition 0/1/2 -> train/val/test
 (CelebA's official split, contiguous file ranges; whether it is identity-disjoint is not
 documented, see the data card). Annotations: the 5 points of the landmark file
@@ -33,8 +41,8 @@ from typing import Any
 import numpy as np
 
 from fbench.shards import SourceItem, SourceOptions
-from pipelines.common import (Choice, PipelineSource, bad_item, filter_values, limit_per_split,
-                              points_array, unique_keys)
+from pipelines.common import (Choice, PipelineSource, bad_item, filter_values, is_bad,
+                              limit_per_split, points_array, unique_keys)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +51,53 @@ IDENTITY_FILE = "Anno/identity_CelebA.txt"
 ATTRIBUTE_FILE = "Anno/list_attr_celeba.txt"
 VARIANTS = {"aligned": ("Img/img_align_celeba", "Anno/list_landmarks_align_celeba.txt"),
             "wild": ("Img/img_celeba", "Anno/list_landmarks_celeba.txt")}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one copy keeps CelebA's files (paths relative to --root; identity/attributes may be absent)."""
+
+    name: str
+    partition: str
+    identity: str
+    attributes: str
+    images: dict[str, tuple[str, ...]]  # --images variant -> candidate image folders (first existing wins)
+    landmarks: dict[str, str]  # --images variant -> landmark file
+    csv: bool = False  # comma-separated with an image_id header row (the CSV mirror)
+
+
+def _flat(base: str) -> Layout:
+    """torchvision's layout: every file flat in one folder (its base_folder `celeba/`)."""
+    return Layout("torchvision", f"{base}list_eval_partition.txt", f"{base}identity_CelebA.txt",
+                  f"{base}list_attr_celeba.txt",
+                  {"aligned": (f"{base}img_align_celeba",), "wild": (f"{base}img_celeba",)},
+                  {"aligned": f"{base}list_landmarks_align_celeba.txt", "wild": f"{base}list_landmarks_celeba.txt"})
+
+
+def _csv(base: str) -> Layout:
+    """The CSV mirror: list_*.csv with an image_id header; images double-nested or flat."""
+    return Layout("csv", f"{base}list_eval_partition.csv", f"{base}identity_CelebA.txt", f"{base}list_attr_celeba.csv",
+                  {"aligned": (f"{base}img_align_celeba/img_align_celeba", f"{base}img_align_celeba"),
+                   "wild": (f"{base}img_celeba/img_celeba", f"{base}img_celeba")},
+                  {"aligned": f"{base}list_landmarks_align_celeba.csv", "wild": f"{base}list_landmarks_celeba.csv"},
+                  csv=True)
+
+
+# Searched in order: the release (Img/, Anno/, Eval/), torchvision's flat folder (--root at the folder
+# or at its parent holding celeba/), the CSV mirror (same two places).
+LAYOUTS = (Layout("release", PARTITION_FILE, IDENTITY_FILE, ATTRIBUTE_FILE,
+                  {k: (v[0],) for k, v in VARIANTS.items()}, {k: v[1] for k, v in VARIANTS.items()}),
+           _flat(""), _flat("celeba/"), _csv(""), _csv("celeba/"))
+
+
+def find_layout(root: Path) -> Layout:
+    for layout in LAYOUTS:
+        if (root / layout.partition).is_file():
+            return layout
+    looked = ", ".join(dict.fromkeys(layout.partition for layout in LAYOUTS))
+    raise ValueError(f"{root}: no CelebA partition list (looked for {looked}); "
+                     "--root must be the CelebA root (release Img/ Anno/ Eval/, torchvision's celeba/ folder or "
+                     "the CSV mirror)")
 PARTITIONS = {"0": "train", "1": "val", "2": "test"}
 FILE_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.(jpg|jpeg|png)$", re.IGNORECASE)  # CelebA names: flat, no folders
 INTEGER = re.compile(r"^-?[0-9]+$")
@@ -64,9 +119,10 @@ class Table:
         self.bad_rows.append((name, problem))
 
 
-def read_table(root: Path, rel: str, n_fields: int, has_header: bool, required: bool) -> Table:
+def read_table(root: Path, rel: str, n_fields: int, has_header: bool, required: bool, csv: bool = False) -> Table:
     """Parse a whitespace-separated CelebA annotation file: `<name> <n_fields values>` per line,
-    after a count line and a header line when `has_header`. Malformed rows land in `errors`,
+    after a count line and a header line when `has_header`; with `csv`, the CSV mirror's form: a
+    header row `image_id,<columns>` then comma-separated rows. Malformed rows land in `errors`,
     keyed by their file name when it can be read."""
     path = root / rel
     table = Table()
@@ -76,7 +132,13 @@ def read_table(root: Path, rel: str, n_fields: int, has_header: bool, required: 
         return table
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     start = 0
-    if has_header:
+    if csv:
+        if not lines or lines[0].split(",")[0].strip().lstrip("\ufeff") != "image_id":
+            raise ValueError(f"{path}: expected the header row 'image_id,...' at the top")
+        table.header = [c.strip() for c in lines[0].split(",")[1:]]
+        start = 1
+        lines = [ln.replace(",", " ") for ln in lines]
+    elif has_header:
         if len(lines) < 2 or not INTEGER.match(lines[0].strip()):
             raise ValueError(f"{path}: expected a count line and a header line at the top")
         table.header = lines[1].split()
@@ -107,11 +169,16 @@ class CelebASource(PipelineSource):
 
     def items(self, root: Path, options: SourceOptions) -> list[SourceItem]:
         root = Path(root)
-        image_dir, landmark_file = VARIANTS[next(iter(filter_values(options, FILTERS[0]) or {"aligned"}))]
-        partition = read_table(root, PARTITION_FILE, 1, has_header=False, required=True)
-        landmarks = read_table(root, landmark_file, 10, has_header=True, required=False)
-        identities = read_table(root, IDENTITY_FILE, 1, has_header=False, required=False)
-        attributes = read_table(root, ATTRIBUTE_FILE, 40, has_header=True, required=False)
+        layout = find_layout(root)
+        variant = next(iter(filter_values(options, FILTERS[0]) or {"aligned"}))
+        candidates = layout.images[variant]
+        image_dir = next((d for d in candidates if (root / d).is_dir()), candidates[0])
+        landmark_file = layout.landmarks[variant]
+        partition_file, identity_file, attribute_file = layout.partition, layout.identity, layout.attributes
+        partition = read_table(root, partition_file, 1, has_header=False, required=True, csv=layout.csv)
+        landmarks = read_table(root, landmark_file, 10, has_header=True, required=False, csv=layout.csv)
+        identities = read_table(root, identity_file, 1, has_header=False, required=False)
+        attributes = read_table(root, attribute_file, 40, has_header=True, required=False, csv=layout.csv)
         if not landmarks.rows and not landmarks.errors:
             log.warning("%s: no %s; images have no landmark annotations", root, landmark_file)
         names = list(attributes.header[:40])
@@ -119,14 +186,14 @@ class CelebASource(PipelineSource):
         items = []
         # Partition rows that did not parse are rejects (counted in train: their split is unknown).
         for number, (name, error) in enumerate(partition.bad_rows):
-            items.append(bad_item(f"partition-row-{number}-{name}", "train", PARTITION_FILE, error))
-        tables = ((landmark_file, landmarks), (IDENTITY_FILE, identities), (ATTRIBUTE_FILE, attributes))
+            items.append(bad_item(f"partition-row-{number}-{name}", "train", partition_file, error))
+        tables = ((landmark_file, landmarks), (identity_file, identities), (attribute_file, attributes))
         for name, (code,) in partition.rows.items():
             split = PARTITIONS.get(code)
             stem = Path(name).stem
             problems = [(rel, t.errors[name]) for rel, t in tables if name in t.errors]
             if split is None:
-                problems.insert(0, (PARTITION_FILE, f"{PARTITION_FILE}: {name} has partition {code!r}, not 0, 1 or 2"))
+                problems.insert(0, (partition_file, f"{partition_file}: {name} has partition {code!r}, not 0, 1 or 2"))
             if problems:
                 items.append(bad_item(stem, split or "train", problems[0][0], "; ".join(p for _, p in problems)))
                 continue
@@ -139,7 +206,17 @@ class CelebASource(PipelineSource):
                 if labels["identity"] is not None else None, labels=labels,
                 annotations=points_array(np.asarray(points, dtype=np.float64), 5, "landmarks") if points else None,
                 annotation_format="celeba5" if points else None))
-        return limit_per_split(unique_keys(self.name, items, PARTITION_FILE), options)
+        return limit_per_split(unique_keys(self.name, items, partition_file), options)
+
+    def listing_report(self, root: Path, items: list[SourceItem]) -> dict[str, Any]:
+        """Which copy layout the run read (manifest.json `listing`, and the summary line)."""
+        layout = find_layout(Path(root))
+        folders = sorted({i.path.rsplit("/", 1)[0] for i in items if "/" in i.path and not is_bad(i)})
+        identity = (Path(root) / layout.identity).is_file()
+        return {"summary": f"layout {layout.name} (partition {layout.partition}, images {', '.join(folders) or '-'}, "
+                           f"identities {'from ' + layout.identity if identity else 'absent'})",
+                "layout": layout.name, "partition": layout.partition, "image_dirs": folders,
+                "identity": layout.identity if identity else None}
 
 
 HELP = """Prep CelebA (celebrity faces) into face crops with CelebA's 5 landmarks.

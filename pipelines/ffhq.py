@@ -17,7 +17,12 @@ file is absent (a partial copy) are skipped with a warning; a flat copy
 (`images1024x1024/<index:05d>.png`, as some mirrors ship it) is found too.
 
 Without the JSON: every image under the variant's folder, split by index (0-59999 train,
-60000-69999 val, FFHQ's own rule), no annotations (prep with --landmarks detect).
+60000-69999 val, FFHQ's own rule), no annotations (prep with --landmarks detect). A flat folder
+of images named by index (SMIRK trains on `ffhq256/00000.png ...`, 256 px, no JSON) is read the
+same way with --root at that folder. With the JSON, the images' pixel size must be the JSON's
+(`pixel_size` of the chosen section): a mismatch (256 px images beside the 1024 px JSON) stops
+the run with an error instead of placing the JSON's landmarks at the wrong resolution. The
+layout read (json, folder, flat) is recorded in manifest.json `listing`.
 
 Labels: index, category (FFHQ's word; derived from the index without the JSON) and, with the
 JSON, the photo's licence.
@@ -48,6 +53,11 @@ CATEGORY_SPLIT = {"training": "train", "validation": "val"}
 FILTERS = (Choice("images", tuple(VARIANTS), "Which FFHQ images to prep (default aligned: images1024x1024).",
                   single=True),)
 INDEX = re.compile(r"^([0-9]+)$")
+SIZE_CHECKS = 16  # images whose pixel size is compared with the JSON's before the run starts
+
+
+class SizeMismatch(ValueError):
+    pass
 
 
 def index_category(index: int) -> str:
@@ -62,10 +72,21 @@ class FFHQSource(PipelineSource):
         root = Path(root)
         variant = next(iter(filter_values(options, FILTERS[0]) or {"aligned"}))
         if (root / JSON_NAME).is_file():
+            self._json_sizes: dict[str, list[int]] = {}
             items = self._from_json(root, variant)
+            check_sizes(root, items, self._json_sizes, variant)
         else:
             items = self._from_folder(root, variant)
         return limit_per_split(unique_keys(self.name, items, JSON_NAME), options)
+
+    def listing_report(self, root: Path, items: list[SourceItem]) -> dict[str, Any]:
+        """Which layout the run read (manifest.json `listing`, and the summary line)."""
+        root = Path(root)
+        layout = "json" if (root / JSON_NAME).is_file() else \
+            "flat" if items and all("/" not in i.path for i in items) else "folder"
+        landmarks = f"landmarks from {JSON_NAME}" if layout == "json" else \
+            f"no {JSON_NAME}: splits by index, landmarks from the detectors (MediaPipe/FAN)"
+        return {"summary": f"layout {layout} ({landmarks})", "layout": layout, "json": layout == "json"}
 
     def _from_json(self, root: Path, variant: str) -> list[SourceItem]:
         section, folder = VARIANTS[variant]
@@ -111,10 +132,11 @@ class FFHQSource(PipelineSource):
             raise ValueError(f"{section}.file_path is missing")
         path = safe_relpath(file_path)  # raises for absolute paths and '..'
         if not (root / path).is_file():
-            flat = f"{folder}/{index:05d}{Path(path).suffix or '.png'}"
-            if not (root / flat).is_file():
+            # A flat copy: the variant folder without its thousands sub-folders, or the images at the root.
+            name = f"{index:05d}{Path(path).suffix or '.png'}"
+            path = next((p for p in (f"{folder}/{name}", name) if (root / p).is_file()), None)
+            if path is None:
                 return None
-            path = flat
         if section == "thumbnail":  # the aligned image's landmarks, scaled to the thumbnail
             points = points_array(entry.get("image", {}).get("face_landmarks"), 68, "image.face_landmarks")
             big, small = (np.asarray(entry[k]["pixel_size"], dtype=np.float64) for k in ("image", "thumbnail"))
@@ -123,6 +145,9 @@ class FFHQSource(PipelineSource):
             points = points * (small / big).astype(np.float32)  # pixel-edge coordinates scale with the image
         else:
             points = points_array(info.get("face_landmarks"), 68, f"{section}.face_landmarks")
+        size = info.get("pixel_size")
+        if isinstance(size, list) and len(size) == 2 and all(isinstance(v, (int, float)) for v in size):
+            self._json_sizes[path] = [int(v) for v in size]
         labels: dict[str, Any] = {"index": index, "category": category}
         license_name = (entry.get("metadata") or {}).get("license")
         if isinstance(license_name, str):
@@ -132,12 +157,18 @@ class FFHQSource(PipelineSource):
 
     def _from_folder(self, root: Path, variant: str) -> list[SourceItem]:
         folder = VARIANTS[variant][1]
-        if not (root / folder).is_dir():
-            raise ValueError(f"{root}: neither {JSON_NAME} nor a {folder}/ folder; --root must be the FFHQ root")
-        log.warning("%s: no %s; splits from the image index (0-%d train), no landmark annotations", root, JSON_NAME,
-                    TRAINING_COUNT - 1)
+        if (root / folder).is_dir():
+            files = walk_files(root, IMAGE_SUFFIXES, under=folder)
+        else:
+            # A flat folder of images named by index (SMIRK trains on one, e.g. ffhq256/00000.png): --root is it.
+            files = [rel for rel in walk_files(root, IMAGE_SUFFIXES) if "/" not in rel]
+            if not any(INDEX.match(Path(rel).stem) for rel in files):
+                raise ValueError(f"{root}: neither {JSON_NAME}, nor a {folder}/ folder, nor images named by FFHQ "
+                                 "index (00000.png ...) in it; --root must be the FFHQ root or a flat image folder")
+        log.warning("%s: no %s; splits from the image index (0-%d train), no landmark annotations (landmarks come "
+                    "from the detectors)", root, JSON_NAME, TRAINING_COUNT - 1)
         items, odd = [], []
-        for rel in walk_files(root, IMAGE_SUFFIXES, under=folder):
+        for rel in files:
             m = INDEX.match(Path(rel).stem)
             if not m:
                 odd.append(rel)
@@ -149,6 +180,31 @@ class FFHQSource(PipelineSource):
         if odd:
             log.warning("%s: skipped %d image(s) whose name is not an FFHQ index, e.g. %s", root, len(odd), odd[0])
         return sorted(items, key=lambda i: (i.labels["index"], i.path))
+
+
+def check_sizes(root: Path, items: list[SourceItem], sizes: dict[str, list[int]], variant: str) -> None:
+    """Refuse a copy whose images do not have the size the JSON gives (e.g. SMIRK's 256 px images beside
+    the 1024 px JSON): the JSON's landmarks would land in the wrong place. Checks up to SIZE_CHECKS images
+    (their headers only); unreadable ones are left to the run (rejects)."""
+    from PIL import Image, UnidentifiedImageError
+
+    checked = 0
+    for item in items:
+        want = sizes.get(item.path)
+        if want is None or item.kind != "image" or checked >= SIZE_CHECKS:
+            continue
+        try:
+            with Image.open(root / item.path) as image:
+                have = list(image.size)
+        except (OSError, UnidentifiedImageError):
+            continue
+        checked += 1
+        if have != want:
+            raise SizeMismatch(
+                f"{root / item.path}: the image is {have[0]}x{have[1]} px but {JSON_NAME} gives "
+                f"{VARIANTS[variant][0]}.pixel_size {want[0]}x{want[1]}: its landmarks are for another resolution. "
+                f"Move {JSON_NAME} away to prep these images without it (landmarks then come from MediaPipe/FAN), "
+                "or pick the matching --images variant")
 
 
 HELP = """Prep FFHQ (70k aligned Flickr portraits) into face crops with FFHQ's 68 landmarks.

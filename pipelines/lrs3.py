@@ -16,9 +16,16 @@ speaker. fbench's splits:
   A pretrain clip of a val speaker goes to `val` instead, so no speaker straddles training and
   validation data; its `folder` label says it came from pretrain.
 
-Each sample's labels: video_id, clip, folder (the release folder), and the transcript's text
-and conf. A missing or malformed transcript does not lose the clip (the frames are fine): text
-and conf are null and `transcript_error` names the file and the problem.
+Each sample's labels: video_id, clip, folder (the release folder), and the transcript's text,
+conf and ref (the source YouTube id), the word table `words` ([word, start s, end s, ASD score])
+and the face-track table: each frame's sample stores its own row as `face_track` ([x, y, w, h],
+relative box coordinates as written; null for a frame the table lacks) and the clip's row count as
+`face_track_frames`, when the file has them (null otherwise: pretrain files and some others lack a
+table). A missing or
+malformed transcript does not lose the clip (the frames are fine): its labels are null and
+`transcript_error` names the file and the problem; the run's summary line and manifest
+(`listing.transcripts`) count failed and missing transcripts, so a systematic failure shows in
+one line.
 
 Frames are decoded with PyAV, every `--frame-stride`-th kept with its frame index; a frame
 with no face keeps its row with NaN landmarks. LRS3 has no landmark annotations; with
@@ -30,10 +37,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fbench.shards import SourceItem, SourceOptions, resolve_in_root, walk_files
+from fbench.shards.source import PER_FRAME_LABELS
 from pipelines.common import PipelineSource, limit_per_split, video_annotations, with_annotations
 
 log = logging.getLogger(__name__)
@@ -42,37 +51,90 @@ FOLDERS = ("pretrain", "trainval", "test")
 VAL_FRACTION = 0.2
 SPLIT_SEED = "fbench-lrs3-val"
 CLIP_PATH = re.compile(r"^(pretrain|trainval|test)/([A-Za-z0-9_-]+)/([0-9]+)\.mp4$")
-TEXT_LINE = re.compile(r"^Text:\s*(.*?)\s*$")
-CONF_LINE = re.compile(r"^Conf:\s*(-?[0-9]+)\s*$")
-WORD_HEADER = re.compile(r"^WORD\s+START\s+END\s+ASDSCORE\s*$")
-WORD_ROW = re.compile(r"^\S+\s+[0-9]+(\.[0-9]+)?\s+[0-9]+(\.[0-9]+)?\s+-?[0-9]+(\.[0-9]+)?\s*$")
+HEADER_LINE = re.compile(r"^([A-Za-z]+):\s*(.*?)\s*$")  # "Text:  ...", "Conf:  4", "Ref:   <YouTube id>"
+CONF_VALUE = re.compile(r"^-?[0-9]+$")
+NUMBER = r"-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?"
+# Section headers (fields separated by spaces or tabs, as the release writes them) and their rows.
+SECTIONS = {
+    "words": (re.compile(r"^WORD\s+START\s+END\s+ASDSCORE\s*$"), "WORD START END ASDSCORE",
+              re.compile(rf"^(\S+)\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s*$")),
+    "track": (re.compile(r"^FRAME\s+X\s+Y\s+W\s+H\s*$"), "FRAME X Y W H",
+              re.compile(rf"^([0-9]+)\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s*$")),
+}
 
 
 class TranscriptError(ValueError):
     pass
 
 
-def parse_transcript(text: str) -> tuple[str, int, int]:
-    """(text, conf, number of word rows) of an LRS3 transcript; TranscriptError naming the line."""
+@dataclass(frozen=True)
+class Transcript:
+    """An LRS3 `.txt`: header fields, then sections separated by blank lines, each with a header.
+
+    text, conf: the `Text:` and `Conf:` lines (conf None when the file has no `Conf:` line);
+    ref: the `Ref:` line (the source YouTube id) or None; words: (word, start s, end s, ASD score)
+    of the `WORD START END ASDSCORE` table, None when the file has none; track: (frame, x, y, w, h)
+    of the `FRAME X Y W H` face-track table (relative box coordinates), None when absent."""
+
+    text: str
+    conf: int | None
+    ref: str | None
+    words: tuple[tuple[str, float, float, float], ...] | None
+    track: tuple[tuple[int, float, float, float, float], ...] | None
+
+
+def parse_transcript(text: str) -> Transcript:
+    """Every section of an LRS3 transcript; TranscriptError naming the line and the problem.
+
+    Line 1 must be `Text:`; further `Key: value` header lines (Conf, Ref, ...) follow until the
+    first blank line or section header; sections (WORD..., FRAME...) may come in any order, or
+    not at all. An unknown section header or a row that does not parse is an error."""
     lines = text.splitlines()
-    if len(lines) < 2:
-        raise TranscriptError("fewer than 2 lines (expected 'Text:' and 'Conf:')")
-    m_text, m_conf = TEXT_LINE.match(lines[0]), CONF_LINE.match(lines[1])
-    if not m_text:
+    if not lines or not lines[0].strip():
+        raise TranscriptError("empty (expected 'Text:' on line 1)")
+    header: dict[str, str] = {}
+    m = HEADER_LINE.match(lines[0])
+    if not m or m[1] != "Text":
         raise TranscriptError(f"line 1 is not 'Text:  ...': {lines[0][:60]!r}")
-    if not m_conf:
-        raise TranscriptError(f"line 2 is not 'Conf:  <integer>': {lines[1][:60]!r}")
-    rest = [(n, line) for n, line in enumerate(lines[2:], start=3) if line.strip()]
-    words = 0
-    if rest:
-        n, header = rest[0]
-        if not WORD_HEADER.match(header):
-            raise TranscriptError(f"line {n} is not the 'WORD START END ASDSCORE' header: {header[:60]!r}")
-        for n, line in rest[1:]:
-            if not WORD_ROW.match(line):
-                raise TranscriptError(f"line {n} is not a 'WORD START END ASDSCORE' row: {line[:60]!r}")
-            words += 1
-    return m_text[1], int(m_conf[1]), words
+    header["Text"] = m[2]
+    n = 1
+    while n < len(lines) and lines[n].strip() and not any(h.match(lines[n]) for h, _, _ in SECTIONS.values()):
+        m = HEADER_LINE.match(lines[n])
+        if not m:
+            raise TranscriptError(f"line {n + 1} is not a 'Key: value' header line: {lines[n][:60]!r}")
+        if m[1] in header:
+            raise TranscriptError(f"line {n + 1}: second {m[1]!r} line")
+        if m[1] == "Conf" and not CONF_VALUE.match(m[2]):
+            raise TranscriptError(f"line {n + 1} is not 'Conf:  <integer>': {lines[n][:60]!r}")
+        header[m[1]] = m[2]
+        n += 1
+    sections: dict[str, list[tuple]] = {}
+    current: str | None = None
+    for n in range(n, len(lines)):
+        line = lines[n]
+        if not line.strip():
+            current = None
+            continue
+        if current is None:
+            current = next((name for name, (h, _, _) in SECTIONS.items() if h.match(line)), None)
+            if current is None:
+                raise TranscriptError(f"line {n + 1} is not a section header "
+                                      f"({' or '.join(repr(t) for _, t, _ in SECTIONS.values())}): {line[:60]!r}")
+            if current in sections:
+                raise TranscriptError(f"line {n + 1}: second {SECTIONS[current][1]!r} table")
+            sections[current] = []
+            continue
+        m = SECTIONS[current][2].match(line)
+        if not m:
+            raise TranscriptError(f"line {n + 1} is not a '{SECTIONS[current][1]}' row: {line[:60]!r}")
+        if current == "words":
+            sections[current].append((m[1], float(m[2]), float(m[3]), float(m[4])))
+        else:
+            sections[current].append((int(m[1]), *(float(m[k]) for k in range(2, 6))))
+    words, track = sections.get("words"), sections.get("track")
+    return Transcript(text=header["Text"], conf=int(header["Conf"]) if "Conf" in header else None,
+                      ref=header.get("Ref"), words=tuple(words) if words is not None else None,
+                      track=tuple(track) if track is not None else None)
 
 
 def val_speakers(video_ids: set[str]) -> set[str]:
@@ -123,17 +185,38 @@ class LRS3Source(PipelineSource):
     @staticmethod
     def _with_transcript(root: Path, item: SourceItem) -> SourceItem:
         txt = item.path[: -len(".mp4")] + ".txt"
-        labels: dict[str, Any] = dict(item.labels, text=None, conf=None)
+        labels: dict[str, Any] = dict(item.labels, text=None, conf=None, ref=None, words=None, face_track_frames=None)
         try:
-            text, conf, _ = parse_transcript(resolve_in_root(root, txt).read_text(encoding="utf-8"))
-            labels.update(text=text, conf=conf)
+            t = parse_transcript(resolve_in_root(root, txt).read_text(encoding="utf-8"))
+            labels.update(text=t.text, conf=t.conf, ref=t.ref,
+                          words=[list(w) for w in t.words] if t.words is not None else None)
+            if t.track is not None:
+                # Each frame's sample gets its own row ([x, y, w, h]), not the clip's whole table.
+                labels["face_track_frames"] = len(t.track)
+                labels[PER_FRAME_LABELS] = {"face_track": {str(f): [x, y, w, h] for f, x, y, w, h in t.track}}
         except FileNotFoundError:
             labels["transcript_error"] = f"{txt}: missing"
         except (OSError, UnicodeDecodeError, TranscriptError) as exc:
             labels["transcript_error"] = f"{txt}: {exc}"
-            log.warning("%s: malformed transcript (%s); the clip is kept without text", txt, exc)
         return SourceItem(id=item.id, split=item.split, path=item.path, kind=item.kind, subject=item.subject,
                           labels=labels)
+
+    def listing_report(self, root: Path, items: list[SourceItem]) -> dict[str, Any]:
+        """Transcript counts of the listed clips, for the run's summary and manifest: a transcript
+        problem is one line here, not a warning per clip (the clips are kept without text)."""
+        errors = [i.labels["transcript_error"] for i in items if i.labels.get("transcript_error")]
+        missing = sum(e.endswith(": missing") for e in errors)
+        with_words = sum(i.labels.get("words") is not None for i in items)
+        with_track = sum(i.labels.get("face_track_frames") is not None for i in items)
+        line = (f"transcripts: {len(items) - len(errors)} of {len(items)} read ({with_words} with word timings, "
+                f"{with_track} with a face track), {len(errors) - missing} failed, {missing} missing")
+        if errors:
+            line += f"; e.g. {errors[0]}"
+            log.warning("%s: %s", root, line)
+        return {"summary": line, "transcripts": {"clips": len(items), "read": len(items) - len(errors),
+                                                 "failed": len(errors) - missing, "missing": missing,
+                                                 "with_words": with_words, "with_face_track": with_track,
+                                                 "first_error": errors[0] if errors else None}}
 
 
 HELP = """Prep LRS3-TED (face-track clips of TED talks) into per-frame face crops.

@@ -4,8 +4,11 @@ Layout (data_cards/mead.yaml)::
 
     <root>/<actor>/video/<view>/<emotion>/level_<n>/<clip>.mp4
 
-A few actors of the release have an extra "1" or "2" folder (`W021/video/1/<view>/...`):
-accepted, and kept in the item id so it cannot clash with the plain path. Other .mp4 files
+A few actors of the release have an extra "1" or "2" folder: in place of `video`
+(`<actor>/1/<view>/...`), after it (`W021/video/1/<view>/...`) or after the view
+(`<actor>/video/<view>/1/<emotion>/...`), the variants inferno's MEAD reader accepts; all are
+read, and the extra folder is kept in the item id (`_1_`, or `_v1_` after the view) so a quirk
+path cannot clash with the plain one. Other .mp4 files
 (not in this layout) are skipped with a warning.
 
 Splits by actor (the release has none; the card's lists): val M013 M023 M042 W018 W028,
@@ -50,21 +53,31 @@ def actor_split(actor: str) -> str:
     return "val" if actor in VAL_ACTORS else "test" if actor in TEST_ACTORS else "train"
 
 
+# What may stand between the actor and the view, and between the view and the emotion: the forms
+# inferno's MEAD reader accepts (radekd91/inferno inferno/datasets/MEADDataModule.py: parts[1] in
+# video/1/2, and a "1"/"2" folder where the view or the emotion is expected).
+BEFORE_VIEW = (("video",), *(("video", q) for q in QUIRK_FOLDERS), *((q,) for q in QUIRK_FOLDERS))
+AFTER_VIEW = ((), *((q,) for q in QUIRK_FOLDERS))
+
+
 def parse_path(rel: str) -> dict[str, str] | None:
     """The fields of a MEAD video path, None when it is not in the layout."""
     parts = rel.split("/")
     if len(parts) < 6 or not ACTOR.match(parts[0]):
         return None
-    middle = parts[1:-4]
-    # "video", optionally followed by a quirk folder, or the quirk folder alone
-    if middle not in (["video"], *[["video", q] for q in QUIRK_FOLDERS], *[[q] for q in QUIRK_FOLDERS]):
+    middle, (emotion, level, clip) = parts[1:-3], parts[-3:]
+    at = [k for k, p in enumerate(middle) if p in VIEWS]
+    if len(at) != 1:
         return None
-    view, emotion, level, clip = parts[-4:]
+    before, view, after = tuple(middle[: at[0]]), middle[at[0]], tuple(middle[at[0] + 1:])
+    if before not in BEFORE_VIEW or after not in AFTER_VIEW:
+        return None
     m_level, m_clip = LEVEL.match(level), CLIP.match(clip)
-    if view not in VIEWS or emotion not in EMOTIONS or not m_level or not m_clip:
+    if emotion not in EMOTIONS or not m_level or not m_clip:
         return None
+    quirk = [p for p in before if p != "video"] + [f"v{p}" for p in after]  # where the extra folder sat
     return {"actor": parts[0], "view": view, "emotion": emotion, "level": m_level[1], "clip": m_clip[1],
-            "quirk": "/".join(middle[1:] if middle[0] == "video" else middle)}
+            "quirk": "_".join(quirk)}
 
 
 class MEADSource(PipelineSource):

@@ -27,6 +27,16 @@ def prep_cli(dataset: str, root: Path, out: Path, *args: str, ok: bool = True) -
     return result.output, result.exit_code
 
 
+def synth_cli(dataset: str, out: Path, flame_dir: Path, *args: str) -> str:
+    """`fbench synth DATASET --out OUT --flame FLAME ARGS` through fbench.cli.main (exit 0 asserted): its output."""
+    from fbench.cli import main
+
+    result = CliRunner().invoke(main, ["synth", dataset, "--out", str(out), "--flame", str(flame_dir), *args],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
 def load_prepped(out: Path, dataset: str) -> tuple[dict, list[ShardSample], list[dict]]:
     """(manifest, samples in shard order, rejects) of a prepped dataset."""
     folder = out / dataset

@@ -120,7 +120,7 @@ def test_ffhq_without_json_splits_by_index(tmp_path) -> None:
         (5, "train", "training"), (59999, "train", "training"), (60000, "val", "validation"),
         (69999, "val", "validation")]
     assert all(i.annotations is None for i in items)
-    with pytest.raises(ValueError, match="neither ffhq-dataset-v2.json nor a in-the-wild-images/ folder"):
+    with pytest.raises(ValueError, match="neither ffhq-dataset-v2.json, nor a in-the-wild-images/ folder"):
         ffhq.FFHQSource().items(tmp_path, SourceOptions(filters={"images": ("wild",)}))
 
 
@@ -195,7 +195,8 @@ def test_celeba_malicious_and_malformed_rows_are_rejects(celeba_root, tmp_path) 
 
 def test_celeba_wrong_root_is_a_clear_error(tmp_path) -> None:
     output, code = prep_cli("celeba", tmp_path, tmp_path / "out", "--landmarks", "annotations", ok=False)
-    assert code != 0 and "list_eval_partition.txt: missing; --root must be the CelebA root" in output
+    assert code != 0 and "no CelebA partition list (looked for Eval/list_eval_partition.txt, list_eval_partition.txt" \
+        in output
 
 
 # -------------------------------------------------------------------------------------- AffectNet
@@ -312,6 +313,9 @@ def test_affectnet_header_order_and_limits(tmp_path) -> None:
     # Columns in another order: read by header name.
     header = "expression,valence,arousal,subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks"
     rows = [f"{k % 11},-2,-2,{k}/img{k}.jpg,0,0,10,10,{lm}" for k in range(6)]
+    for k in range(6):  # listing checks that the images exist (it never reads them)
+        (tmp_path / "Manually_Annotated_Images" / str(k)).mkdir()
+        (tmp_path / "Manually_Annotated_Images" / str(k) / f"img{k}.jpg").write_bytes(b"")
     (lists / "training.csv").write_text("\n".join([header, *rows]) + "\n")
     items = affectnet.AffectNetSource().items(tmp_path, SourceOptions())
     assert [i.labels["expression"] for i in items] == list(range(6)) and all(i.split == "train" for i in items)

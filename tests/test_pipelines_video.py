@@ -128,6 +128,8 @@ def test_lrs3_prep_matches_ground_truth(lrs3_root, tmp_path) -> None:
         return rel.replace(vid, original) if vid in LRS3_COPIES else rel
 
     corrupted = set(json.loads(gt.attrs["corrupted"]))
+    no_words = set(json.loads(gt.attrs["transcripts_without_words"]))
+    assert no_words  # the variant without a word table is exercised
     by_clip: dict[str, list[int]] = {}
     for s in samples:
         by_clip.setdefault(s.meta["source_path"], []).append(s.meta["frame_index"])
@@ -164,11 +166,39 @@ def test_lrs3_prep_matches_ground_truth(lrs3_root, tmp_path) -> None:
             assert labels["text"] is None and labels["conf"] is None and labels["transcript_error"].startswith(
                 s.meta["source_path"][: -len(".mp4")] + ".txt: line 1")
         else:
-            lines = (root / txt).read_text().splitlines()
-            assert labels["text"] == lines[0].removeprefix("Text:").strip() and "transcript_error" not in labels
-            assert labels["conf"] == int(lines[1].removeprefix("Conf:"))
+            check_transcript_labels(labels, gt, orig(s.meta["source_path"]), s.meta["frame_index"], txt in no_words)
+    # One summary line (and the manifest) counts the failed transcripts: the malformed one and its copies.
+    clips = {s.meta["source_path"] for s in samples} | {r["file"] for r in rejects}
+    failed = sum(orig(c)[: -len(".mp4")] + ".txt" in corrupted for c in clips)
+    assert failed >= 1 and manifest["listing"]["transcripts"]["failed"] == failed
+    assert manifest["listing"]["transcripts"]["missing"] == 0
+    assert f"lrs3: transcripts: {len(clips) - failed} of {len(clips)} read" in output
+    assert f", {failed} failed, 0 missing; e.g. " in output
     assert "lrs3: %d samples" % len(samples) in output
     assert manifest["config"]["options"]["filters"]["annotations"] == [str(table.resolve())]
+
+
+def check_transcript_labels(labels: dict, gt, rel: str, frame: int, without_words: bool) -> None:
+    """A frame's transcript labels against the writer's ground truth: text from the words, ref = the
+    video id, its face-track row = the landmark box of the frame (None without a face: the table has no
+    row), the clip's row count, the word table unless absent; never the whole table per sample."""
+    rows = [i for i, p in enumerate(gt.paths) if p == rel]
+    assert labels["ref"] == rel.split("/")[1] and "transcript_error" not in labels and "per_frame" not in labels
+    assert isinstance(labels["conf"], int) and 1 <= labels["conf"] <= 5
+    visible = [i for i in rows if gt.extras["face_visible"][i]]
+    assert labels["face_track_frames"] == len(visible)
+    row = next(i for i in rows if int(gt.frames[i]) == frame)
+    if gt.extras["face_visible"][row]:
+        lm = gt.extras["landmarks68"][row]
+        box = np.r_[lm.min(0), lm.max(0) - lm.min(0)] / 224
+        assert np.abs(np.asarray(labels["face_track"]) - box).max() <= 5e-4 + 1e-9
+    else:
+        assert labels["face_track"] is None
+    if without_words:
+        assert labels["words"] is None and labels["text"]
+    else:
+        assert labels["text"] == " ".join(w[0] for w in labels["words"]) and len(labels["words"]) >= 1
+        assert all(0 <= w[1] < w[2] <= len(rows) / 25 for w in labels["words"])
 
 
 def test_lrs3_stride_limit_and_crop_pixels(lrs3_root, tmp_path) -> None:
@@ -269,16 +299,30 @@ def test_lrs3_speaker_split_rules(tmp_path) -> None:
     ("Text:  HI\nConf:  x\n", "line 2"),
     ("Text:  HI\nConf:  3\n\nWORDS START END\nHI 0.1 0.2 1.0\n", "line 4"),
     ("Text:  HI\nConf:  3\n\nWORD START END ASDSCORE\nHI O.1 0.2 1.0\n", "line 5"),
-    ("Text:  HI\n", "fewer than 2 lines"),
+    ("Text:  HI\nConf:  3\nRef:   abc\n\nFRAME \tX \tY \tW \tH \n000000 \t0.1 \t0.2 \t0.3\n", "line 6"),
+    ("Text:  HI\nConf:  3\nno colon here\n", "line 3"),
+    ("", "empty"),
 ])
 def test_lrs3_transcript_errors_name_the_line(text, problem) -> None:
     with pytest.raises(lrs3.TranscriptError, match=problem):
         lrs3.parse_transcript(text)
 
 
-def test_lrs3_transcript_parses() -> None:
-    assert lrs3.parse_transcript("Text:  SO WE\nConf:  4\n\nWORD START END ASDSCORE\nSO 0.00 0.20 3.1\n"
-                                 "WE 0.22 0.40 7.0\n") == ("SO WE", 4, 2)
+def test_lrs3_transcript_parses_every_section() -> None:
+    """The release's layout: header (Text, Conf, Ref), face track, word table; also without the track
+    (older files), without the word table (some files), and tab/space variants of the headers."""
+    full = ("Text:  SO WE\nConf:  4\nRef:   0Fi83BHQsMA\n\nFRAME \tX \tY \tW \tH \n"
+            "000000 \t0.430 \t0.247 \t0.148 \t0.264 \n000001 \t0.431 \t0.246 \t0.149 \t0.265 \n\n"
+            "WORD START END ASDSCORE\nSO 0.00 0.20 3.1\nWE 0.22 0.40 7.0\n")
+    t = lrs3.parse_transcript(full)
+    assert (t.text, t.conf, t.ref) == ("SO WE", 4, "0Fi83BHQsMA")
+    assert t.words == (("SO", 0.0, 0.2, 3.1), ("WE", 0.22, 0.4, 7.0))
+    assert t.track == ((0, 0.43, 0.247, 0.148, 0.264), (1, 0.431, 0.246, 0.149, 0.265))
+    no_words = lrs3.parse_transcript(full.split("\n\nWORD")[0] + "\n")
+    assert no_words.words is None and no_words.track == t.track and no_words.text == "SO WE"
+    old = lrs3.parse_transcript("Text:  SO WE\nConf:  4\n\nWORD START END ASDSCORE\nSO 0.00 0.20 3.1\n")
+    assert old.ref is None and old.track is None and len(old.words) == 1
+    assert lrs3.parse_transcript("Text:  HI\r\nConf:  2\r\n").words is None
 
 
 def test_lrs3_wrong_root_is_a_clear_error(tmp_path) -> None:
@@ -380,6 +424,8 @@ def test_mead_layout_quirks_and_splits(tmp_path) -> None:
         ("W021/video/front/sad/level_3/002.mp4", "train"), ("M042/video/top/neutral/level_1/003.mp4", "val"),
         ("M028/video/down/fear/level_1/004.mp4", "test")]
     assert items[1].id == "W021_1_front_sad_level_3_002" and items[2].id == "W021_front_sad_level_3_002"
+    assert mead.parse_path("W023/video/front/1/happy/level_1/005.mp4")["quirk"] == "v1"
+    assert mead.parse_path("W023/video/front/1/2/happy/level_1/005.mp4") is None
     picked = mead.MEADSource().items(tmp_path, SourceOptions(filters={"emotions": ("sad",), "levels": ("3",)}))
     assert [i.labels["view"] for i in picked] == ["front", "front"]
     with pytest.raises(ValueError, match="unknown levels '4'"):

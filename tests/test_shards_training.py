@@ -206,6 +206,21 @@ def test_smirk_mix_reports_missing_datasets(prepped: Path, tmp_path: Path) -> No
     assert [(s.name, s.weight) for s in sets] == [("ffhq", 0.3)]
 
 
+def test_smirk_mix_default_splits_follow_smirk(prepped: Path, tmp_path: Path) -> None:
+    """SMIRK trains on every FFHQ and CelebA image but only the train lists of LRS3 and MEAD."""
+    for name in ("lrs3", "ffhq", "celeba"):
+        (tmp_path / name).symlink_to(prepped)
+    sets = {s.name: s for s in smirk_mix(tmp_path, skip_missing=True)}
+    def splits(shard_set) -> list[str]:
+        return [Path(p).parent.name for p in shard_set.shards]
+
+    assert set(splits(sets["lrs3"])) == {"train"} and len(sets["lrs3"].shards) == len(shard_paths(prepped, ("train",)))
+    for name in ("ffhq", "celeba"):  # the toy data has train and val shards: all of them
+        assert set(splits(sets[name])) == {"train", "val"} and len(sets[name].shards) == len(shard_paths(prepped))
+    only_train = {s.name: s for s in smirk_mix(tmp_path, splits=("train",), skip_missing=True)}
+    assert set(splits(only_train["celeba"])) == {"train"}
+
+
 def test_samples_without_mediapipe_are_skipped_by_default(tmp_path: Path) -> None:
     root = write_toy_dataset(tmp_path / "data")
     run_prep(ToySource(), PrepConfig(root=root, out=tmp_path / "out", progress=False,

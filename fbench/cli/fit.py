@@ -29,6 +29,9 @@ class FitSpec:
     fit: Callable[..., Any]  # fit(root, out, flame, config, subjects=, overwrite=, progress=) -> FitStore
     selection: str  # option and config field selecting sequences/tasks, e.g. "sequences"
     selection_help: str
+    # the pipeline's own options (click decorators); their values reach `fit` as keyword arguments
+    options: tuple[Callable, ...] = ()
+    report: Callable[..., str | None] | None = None  # report(store, **option values) -> a closing line
 
 
 def finish(store, export_dir: Path | None) -> None:
@@ -54,7 +57,7 @@ def fit_command(spec: FitSpec) -> click.Command:
     @user_errors(DatasetError, UnsafeNameError)
     def command(ctx: click.Context, root: Path | None, out: Path | None, subjects: str | None, stride: int | None,
                 export_dir: Path | None, config_path: Path | None, overrides: tuple[str, ...], flame: Path | None,
-                overwrite: bool, no_progress: bool, **selection: str | None) -> None:
+                overwrite: bool, no_progress: bool, **extra: Any) -> None:
         import torch
 
         from fbench.config import save_config
@@ -62,7 +65,7 @@ def fit_command(spec: FitSpec) -> click.Command:
         explicit: dict[str, Any] = {}
         if stride is not None:
             explicit["stride"] = stride
-        chosen = split_list(selection[spec.selection])
+        chosen = split_list(extra.pop(spec.selection))
         if chosen:
             explicit[spec.selection] = chosen
         config = load_command_config(spec.config, config_path, overrides, explicit)
@@ -70,14 +73,18 @@ def fit_command(spec: FitSpec) -> click.Command:
         out = out if out is not None else Path("fits") / spec.name
         model = load_flame_announced(flame, n_exp=100, dtype=torch.float64)
         store = spec.fit(root, out, model, config, subjects=split_list(subjects), overwrite=overwrite,
-                         progress=not no_progress)
+                         progress=not no_progress, **extra)
         save_config(config, out / "config.yaml")
         finish(store, export_dir)
+        line = spec.report(store, **extra) if spec.report else None
+        if line:
+            click.echo(line)
 
     options = [
         click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help=f"{spec.root_help} Default: the configured {spec.name} root (`fbench assets` lists it)."),
         click.option(f"--{spec.selection}", spec.selection, default=None, help=spec.selection_help),
+        *spec.options,
         click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help=f"Output directory (fits.h5, summary.csv, failures.jsonl, config.yaml) [default: "
                           f"fits/{spec.name}]; reruns resume here."),

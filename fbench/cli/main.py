@@ -245,8 +245,10 @@ def render(params_path: Path, out: Path, size: int, flame: Path | None) -> None:
 @click.option("--n", "n", type=int, default=None, help="How many images/videos/subjects (dataset default if omitted).")
 @click.option("--seed", default=0, show_default=True, help="Random seed; the same seed writes the same dataset.")
 @click.option("--corrupt", default=0, show_default=True, help="Deliberately corrupt this many files (robustness tests).")
+@click.option("--variant", default=None, help="Layout variant of the copy (data_cards/DATASET.yaml), e.g. npy.")
 @flame_option
-def synth(dataset: str, out: Path, n: int | None, seed: int, corrupt: int, flame: Path | None) -> None:
+def synth(dataset: str, out: Path, n: int | None, seed: int, corrupt: int, variant: str | None,
+          flame: Path | None) -> None:
     """Write a miniature DATASET in its real on-disk layout, with ground truth.
 
     The ground truth (FLAME parameters, cameras, landmarks behind every item) goes to
@@ -260,7 +262,10 @@ def synth(dataset: str, out: Path, n: int | None, seed: int, corrupt: int, flame
     from fbench.synth import write_synthetic_dataset
 
     model = load_flame_announced(flame)
-    result = write_synthetic_dataset(dataset, out, n=n, seed=seed, corrupt=corrupt, flame=model)
+    try:
+        result = write_synthetic_dataset(dataset, out, n=n, seed=seed, corrupt=corrupt, flame=model, variant=variant)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"synthetic {dataset}: {result.summary()}")
 
 

@@ -121,6 +121,8 @@ def run_prep_command(source: DatasetSource, config) -> None:
     click.echo(f"{source.name}: {c['samples']} samples in {c['shards']} shards, {c['rejects']} rejects "
                f"({c['inputs']} inputs from {c['items']} items); MediaPipe {c['mp']}, FAN {c['fan']}, "
                f"annotations {c['ann']}, video frames without a face {c['no_face']}")
+    if result.listing.get("summary"):
+        click.echo(f"{source.name}: {result.listing['summary']}")
     click.echo(f"units: {result.units_run} done now, {result.units_skipped} already complete; "
                f"{result.elapsed_s:.1f} s")
     if c["unexpected_errors"]:

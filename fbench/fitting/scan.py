@@ -28,6 +28,7 @@ face-region points to the fit, in the scan's units.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal
@@ -50,6 +51,8 @@ from fbench.fitting.registration import (
 from fbench.flame import FLAME, FlameParams
 from fbench.geometry import ClosestPointIndex, MeshTopology, Similarity, umeyama
 
+log = logging.getLogger(__name__)
+
 INNER_LANDMARKS = tuple(range(17, 68))  # iBUG-68 without the 17 jaw-contour points
 UNIT_SCALE = {"mm": 1000.0, "m": 1.0}
 
@@ -61,6 +64,11 @@ class ScanFitConfig:
     init_landmarks: Literal["inner", "all"] = "inner"  # for the Umeyama initialisation
     fit_landmarks: Literal["inner", "all"] = "all"  # in the landmark term
     min_landmarks: int = 6  # fewer valid landmarks: the frame borrows its neighbour's transform
+    # No frame of a subject with usable landmarks (e.g. BP4D+'s 83-point files without a 68-point map):
+    # initialise each frame by rigid ICP of FLAME's mean face region onto the scan from several starting
+    # poses (principal axes, each sign choice), keeping the best; False: such a subject is an error.
+    landmark_free_init: bool = True
+    icp_max_points: int = 800  # scan vertices used by that ICP (random subset, fixed seed)
     identity_frames: int = 8  # frames in the joint identity fit, spread over the subject's sequences
     identity_rounds: int = 3  # correspondence rounds of the identity fit
     frame_rounds: int = 2  # correspondence rounds per batch of frames
@@ -132,8 +140,13 @@ def initial_transforms(flame: FLAME, frames: list[ScanFrame], config: ScanFitCon
             continue
         sims.append(umeyama(model_lmk[ok], lmk[ok], with_scale=True))
     known = [i for i, s in enumerate(sims) if s is not None]
+    if not known and config.landmark_free_init and config.scan_units != "unknown":
+        log.info("no frame has enough 3D landmarks: landmark-free (multi-start rigid ICP) initialisation")
+        scale = UNIT_SCALE[config.scan_units]
+        return icp_initial_transforms(flame, frames, scale, config), scale
     if not known:
-        raise ValueError("no frame of this subject has enough 3D landmarks for the initialisation")
+        why = "" if config.scan_units != "unknown" else " (the landmark-free one needs known scan_units)"
+        raise ValueError("no frame of this subject has enough 3D landmarks for the initialisation" + why)
     if config.scan_units == "unknown":
         scale = float(np.median([sims[i].scale for i in known]))
     else:
@@ -146,6 +159,78 @@ def initial_transforms(flame: FLAME, frames: list[ScanFrame], config: ScanFitCon
         rigid = umeyama(scale * model_lmk[ok], lmk[ok], with_scale=False)
         out.append(Similarity(scale, rigid.rotation, rigid.translation))
     return out, scale
+
+
+def _proper_axis_maps() -> list[np.ndarray]:
+    """The 24 rotations that map the coordinate axes onto each other (signed permutations, det +1)."""
+    import itertools
+
+    out = []
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1, -1), repeat=3):
+            m = np.zeros((3, 3))
+            m[range(3), perm] = signs
+            if np.linalg.det(m) > 0:
+                out.append(m)
+    return out
+
+
+def icp_initial_transforms(flame: FLAME, frames: list[ScanFrame], scale: float,
+                           config: ScanFitConfig) -> list[Similarity]:
+    """``scan ~ scale R flame + t`` per frame without landmarks: scan points (a subset, in metres) aligned
+    to FLAME's mean head by trimmed rigid ICP. The first frame tries 24 starts (the principal axes of scan
+    and head matched in every proper way, centroids matched) and keeps the lowest error; later frames of
+    the subject start from the previous frame's result, and fall back to the 24 starts when that ends
+    worse than twice the first frame's error."""
+    from fbench.geometry import icp
+
+    model = FittingFlame(flame, n_exp=0)
+    z = torch.zeros(1, 3, dtype=torch.float64)
+    with torch.no_grad():
+        mean = model(z, z, z, z, torch.zeros(1, 6, dtype=torch.float64),
+                     torch.zeros(1, 0, dtype=torch.float64))[0].numpy()
+    faces = flame.faces.cpu().numpy()
+    index = ClosestPointIndex(mean, faces)
+    rng = np.random.default_rng(0)
+
+    def axes(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        centre = points.mean(axis=0)
+        _, _, vt = np.linalg.svd(points - centre, full_matrices=False)
+        rot = vt.T
+        if np.linalg.det(rot) < 0:
+            rot[:, 2] *= -1
+        return centre, rot
+
+    def run(points: np.ndarray, start: Similarity, iterations: int = 40):
+        r = icp(points, mean, faces, init=start, with_scale=False, robust="trimmed", trim_fraction=0.8,
+                max_iterations=iterations, index=index)
+        return float(r.history[-1]), r.transform
+
+    c_head, a_head = axes(mean)
+    out: list[Similarity] = []
+    reference, previous = None, None
+    for frame in frames:
+        points = np.asarray(frame.vertices, dtype=np.float64) / scale
+        if len(points) > config.icp_max_points:
+            points = points[rng.choice(len(points), config.icp_max_points, replace=False)]
+        best = None
+        if previous is not None:
+            best = run(points, previous)
+        if best is None or best[0] > 2 * reference:
+            # The 24 starts on a small subset and few iterations; the winner refined on all chosen points.
+            few = points[: max(3, len(points) // 4)]
+            c_scan, a_scan = axes(points)
+            starts = []
+            for g in _proper_axis_maps():
+                rot = a_head @ g @ a_scan.T
+                starts.append(run(few, Similarity(1.0, rot, c_head - rot @ c_scan), iterations=15))
+            best = run(points, min(starts, key=lambda e: e[0])[1])
+        if reference is None:
+            reference = best[0]
+        previous = best[1]
+        inv = best[1].rotation.T  # scan -> head inverted: head -> scan, in scan units
+        out.append(Similarity(scale, inv, -scale * (inv @ best[1].translation)))
+    return out
 
 
 @dataclass

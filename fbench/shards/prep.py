@@ -148,6 +148,7 @@ class PrepResult:
     units_skipped: int  # already complete before this run
     units_run: int
     elapsed_s: float
+    listing: dict[str, Any] = field(default_factory=dict)  # the source's listing_report (see run_prep)
 
 
 def package_versions(with_fan: bool = False) -> dict[str, str]:
@@ -240,6 +241,10 @@ def run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
         raise PrepError(f"{dataset}: cannot list items under {config.root}: {exc}") from exc
     if not grouped:
         raise PrepError(f"{dataset}: no items found under {config.root} (splits: {config.options.splits or 'all'})")
+    # Optional source hook: what the listing found (layout variant, failed side files), for the manifest
+    # and the summary line: `listing_report(root, items) -> {"summary": one line, ...}`.
+    report = getattr(source, "listing_report", None)
+    listing = report(config.root, [i for items in grouped.values() for i in items]) if report else {}
     try:
         check_unique_keys(dataset, grouped)
     except PlanError as exc:
@@ -286,11 +291,14 @@ def run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
     manifest, rejects = build_manifest(dataset=dataset, config=config, sources=sources, versions=versions,
                                        identity=identity, splits=list(grouped), records=ordered,
                                        units_in_plan=len(plan.units))
+    if listing:
+        manifest["listing"] = listing
     atomic_write_lines(dataset_dir / names.rejects, [dumps_json(r) for r in rejects])
     atomic_write_json(dataset_dir / names.manifest, manifest)
     return PrepResult(dataset_dir=dataset_dir, manifest=dataset_dir / names.manifest,
                       rejects=dataset_dir / names.rejects, counts=manifest["total"], units_total=len(mine),
-                      units_skipped=skipped, units_run=len(todo), elapsed_s=time.perf_counter() - started)
+                      units_skipped=skipped, units_run=len(todo), elapsed_s=time.perf_counter() - started,
+                      listing=listing)
 
 
 def _unit_items(plan: Plan, unit: Unit) -> list[SourceItem]:

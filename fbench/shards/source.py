@@ -37,6 +37,19 @@ Kind = Literal["image", "video"]
 ANNOTATION_FORMATS = {"ibug68": 68, "celeba5": 5, "mediapipe478": 478}
 
 
+PER_FRAME_LABELS = "per_frame"  # labels key of a video's per-frame labels (see SourceItem, frame_labels)
+
+
+def frame_labels(labels: Mapping[str, Any], frame: int | None) -> dict[str, Any]:
+    """The labels a sample stores: `labels` without its per-frame table, plus, for a video frame, each
+    per-frame label's value at that frame (None where the table has no entry for it)."""
+    out = dict(labels)
+    per_frame = out.pop(PER_FRAME_LABELS, None) or {}
+    for name, by_frame in per_frame.items():
+        out[name] = by_frame.get(str(frame)) if frame is not None else None
+    return out
+
+
 @dataclass(frozen=True)
 class SourceItem:
     """One input of a dataset: an image, or a video whose frames become samples.
@@ -46,7 +59,9 @@ class SourceItem:
     path: path relative to the dataset root (checked by `safe_relpath`; never absolute, no '..').
     kind: "image" or "video".
     subject: identity / subject id when the dataset has one.
-    labels: JSON-serialisable per-item labels (emotion, valence, view, ...), stored in the sample JSON.
+    labels: JSON-serialisable per-item labels (emotion, valence, view, ...), stored in the sample JSON;
+        a video's per-frame labels go under `per_frame` as {name: {"<frame index>": value}}: each frame's
+        sample stores `name: value` of its own frame, never the whole table (`frame_labels`).
     annotations: dataset landmarks in source pixels (x, y): (P, 2) for an image, (F, P, 2) per
         frame for a video (all-NaN rows where a frame has none).
     annotation_format: what the P points are: "ibug68" (AffectNet, FFHQ, 300W order), "celeba5"

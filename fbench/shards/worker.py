@@ -24,7 +24,7 @@ from fbench.shards.keys import safe_key
 from fbench.shards.media import InputError
 from fbench.shards.plan import Segment, Unit
 from fbench.shards.schema import SCHEMA_VERSION, encode_jpeg, encode_sample
-from fbench.shards.source import DatasetSource, SourceItem
+from fbench.shards.source import DatasetSource, SourceItem, frame_labels
 from fbench.shards.writer import ShardFile
 
 if TYPE_CHECKING:
@@ -283,7 +283,7 @@ class UnitWorker:
         meta = {
             "schema": SCHEMA_VERSION, "dataset": self.dataset, "key": key, "id": item.id, "split": item.split,
             "source_path": item.path, "kind": item.kind, "frame_index": frame, "subject": item.subject,
-            "labels": dict(item.labels), "source_size": [int(image.shape[1]), int(image.shape[0])],
+            "labels": frame_labels(item.labels, frame), "source_size": [int(image.shape[1]), int(image.shape[0])],
             "box": [round(float(v), 4) for v in box.xyxy()], "box_source": box_source,
             "crop_region": list(plan.region), "crop_size": cfg.size, "crop_scale": cfg.crop_scale,
             "affine": plan.affine.tolist(),

@@ -97,6 +97,34 @@ POSE = PoseRanges(pitch=20.0, yaw=40.0, roll=15.0)
 REAL_COUNTS = {"training": 414799, "validation": 5500}
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where a copy keeps the images and the two lists (data_cards/affectnet.yaml, variants)."""
+
+    image_dir: str
+    lists: dict[str, str]  # split -> CSV path
+    val_header: bool = True
+
+
+# --variant: the layouts copies of AffectNet come in. default: the release's two archives extracted
+# to Manually_Annotated_Images/ and Manually_Annotated_file_lists/; compressed: the image archive
+# extracted as Manually_Annotated_compressed/Manually_Annotated_Images/; emoca: EMOCA/inferno's
+# Manually_Annotated/ with the CSVs beside the image folder; root-lists: the CSVs at the root;
+# headerless: validation.csv without its header line; npy: the second distribution (train_set/,
+# val_set/ with images/<n>.jpg 224 px crops and annotations/<n>_{exp,val,aro,lnd}.npy).
+LAYOUTS = {
+    "default": Layout(IMAGE_DIR, dict(SPLIT_FILES)),
+    "compressed": Layout(f"Manually_Annotated_compressed/{IMAGE_DIR}", dict(SPLIT_FILES)),
+    "emoca": Layout(f"Manually_Annotated/{IMAGE_DIR}", {"train": "Manually_Annotated/training.csv",
+                                                       "val": "Manually_Annotated/validation.csv"}),
+    "root-lists": Layout(IMAGE_DIR, {"train": "training.csv", "val": "validation.csv"}),
+    "headerless": Layout(IMAGE_DIR, dict(SPLIT_FILES), val_header=False),
+}
+NPY_DIRS = {"train": "train_set", "val": "val_set"}
+NPY_SIZE = 224  # the npy distribution's crops
+VARIANTS = (*LAYOUTS, "npy")
+
+
 @dataclass
 class Annotations:
     """Labels and FLAME parameters of `n` rows (before rendering)."""
@@ -195,8 +223,9 @@ class Item:
     height: int
 
 
-def plan_items(rng: np.random.Generator, n: int, seed: int) -> list[Item]:
+def plan_items(rng: np.random.Generator, n: int, seed: int, variant: str = "default") -> list[Item]:
     items = []
+    counters = {"train": 0, "val": 0}
     for row in range(n):
         longer = math.exp(rng.uniform(math.log(SIZE_RANGE[0]), math.log(SIZE_RANGE[1])))
         aspect = ASPECTS[int(rng.integers(len(ASPECTS)))]  # width / height
@@ -204,7 +233,12 @@ def plan_items(rng: np.random.Generator, n: int, seed: int) -> list[Item]:
         folder = int(rng.integers(1, 1000))
         name = hashlib.sha224(f"fbench-synthetic-affectnet-{seed}-{row}".encode()).hexdigest()
         split = "val" if row % VALIDATION_EVERY == VALIDATION_EVERY - 1 else "train"
-        items.append(Item(row, f"{IMAGE_DIR}/{folder}/{name}.jpg", split, int(round(width)), int(round(height))))
+        if variant == "npy":  # square crops numbered per split folder
+            items.append(Item(row, f"{NPY_DIRS[split]}/images/{counters[split]}.jpg", split, NPY_SIZE, NPY_SIZE))
+            counters[split] += 1
+        else:
+            items.append(Item(row, f"{LAYOUTS[variant].image_dir}/{folder}/{name}.jpg", split, int(round(width)),
+                              int(round(height))))
     return items
 
 
@@ -238,18 +272,44 @@ def format_label(value: float) -> str:
     return "-2" if value == INVALID_VA else f"{value:.6f}"
 
 
-def write(out: Path, n: int = DEFAULT_N, seed: int = 0, corrupt: int = 0, flame: FLAME | None = None) -> SynthResult:
-    """Write a miniature AffectNet with `n` annotated images under `out` (deterministic for `seed`)."""
+def write(out: Path, n: int = DEFAULT_N, seed: int = 0, corrupt: int = 0, flame: FLAME | None = None,
+          variant: str = "default") -> SynthResult:
+    """Write a miniature AffectNet with `n` annotated images under `out` (deterministic for `seed`)
+    in the layout `variant` (one of VARIANTS)."""
     if flame is None:
         raise ValueError("affectnet.write needs a FLAME model (fbench.flame.load_flame())")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown AffectNet variant {variant!r}; choose from {', '.join(VARIANTS)}")
     with torch_threads(1):
-        return _write(Path(out), n, seed, corrupt, flame)
+        return _write(Path(out), n, seed, corrupt, flame, variant)
 
 
-def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthResult:
+def write_npy_annotations(folder: Path, stem: str, expression: int, valence: float, arousal: float,
+                          landmarks68: np.ndarray, malformed: bool = False) -> list[str]:
+    """The npy distribution's four arrays of one image: exp, val, aro as 0-d numeric strings, lnd as 136
+    interleaved x, y floats (134 with `malformed`: one point short). Returns the file names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lnd = np.asarray(landmarks68, dtype=np.float64).reshape(-1)
+    arrays = {"exp": np.array(str(expression)), "val": np.array(format_label(valence)),
+              "aro": np.array(format_label(arousal)), "lnd": lnd[:-2] if malformed else lnd}
+    names = []
+    for field, array in arrays.items():
+        path = folder / f"{stem}_{field}.npy"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        tmp.replace(path)
+        names.append(path.name)
+    return names
+
+
+def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, variant: str = "default") -> SynthResult:
     n_exp = min(flame.n_exp, N_EXP)
     labels = annotations(seed, n, n_exp)
-    items = plan_items(np.random.default_rng([seed, STREAM]), n, seed)
+    items = plan_items(np.random.default_rng([seed, STREAM]), n, seed, variant)
+    npy = variant == "npy"
+    layout = LAYOUTS.get(variant, LAYOUTS["default"])
+    split_files = {split: f"{NPY_DIRS[split]}/annotations" for split in NPY_DIRS} if npy else layout.lists
     if corrupt > n:
         raise ValueError(f"--corrupt {corrupt}: this AffectNet has only {n} images; use a larger --n")
     to_corrupt = choose_corrupted(np.random.default_rng([seed, STREAM, 1]), sorted(it.path for it in items), corrupt)
@@ -259,6 +319,8 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
 
     gt = GroundTruthWriter("affectnet", seed)
     lines: dict[str, list[str]] = {split: [",".join(CSV_COLUMNS)] for split in SPLIT_FILES}
+    if not layout.val_header:
+        lines["val"] = []
     malformed: dict[str, dict] = {}
     for item in tqdm(items, desc="affectnet images", unit="image", disable=None):  # a bar on a terminal only
         item_rng = np.random.default_rng([seed, STREAM, 3, item.row])
@@ -279,15 +341,27 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
         box = face_box(rendered.landmarks68, item.width, item.height)
         expression, valence, arousal = (int(labels.expression[item.row]), float(labels.valence[item.row]),
                                         float(labels.arousal[item.row]))
-        fields = [item.path.removeprefix(IMAGE_DIR + "/"), *map(str, box), format_landmarks(rendered.landmarks68),
-                  str(expression), format_label(valence), format_label(arousal)]
-        line = ",".join(fields)
-        if kinds.get(item.path) == "malformed_csv_row":
-            # A partial write: the row stops inside facial_landmarks (67 of 136 numbers, no labels).
-            line = ",".join(fields[:5]) + "," + ";".join(fields[5].split(";")[:67])
-            malformed[item.path] = {"file": SPLIT_FILES[item.split], "line": len(lines[item.split]) + 1}
-        lines[item.split].append(line)
-        gt.add(f"affectnet_{item.path.split('/')[1]}_{item.path.split('/')[2][:-4]}", item.path, params,
+        if npy:
+            # The npy distribution: four arrays beside the image's folder; the malformed kind cuts a point.
+            stem = Path(item.path).stem
+            bad = kinds.get(item.path) == "malformed_csv_row"
+            write_npy_annotations(out / split_files[item.split], stem, expression, valence, arousal,
+                                  np.round(rendered.landmarks68.astype(np.float64), 2), malformed=bad)
+            if bad:
+                malformed[item.path] = {"file": f"{split_files[item.split]}/{stem}_lnd.npy"}
+            key = f"affectnet_{NPY_DIRS[item.split]}_{stem}"
+        else:
+            relative = item.path.removeprefix(layout.image_dir + "/")
+            fields = [relative, *map(str, box), format_landmarks(rendered.landmarks68),
+                      str(expression), format_label(valence), format_label(arousal)]
+            line = ",".join(fields)
+            if kinds.get(item.path) == "malformed_csv_row":
+                # A partial write: the row stops inside facial_landmarks (67 of 136 numbers, no labels).
+                line = ",".join(fields[:5]) + "," + ";".join(fields[5].split(";")[:67])
+                malformed[item.path] = {"file": split_files[item.split], "line": len(lines[item.split]) + 1}
+            lines[item.split].append(line)
+            key = f"affectnet_{relative.split('/')[0]}_{relative.split('/')[1][:-4]}"
+        gt.add(key, item.path, params,
                **photo_extras(camera, rendered, mask_shape), face_box=np.array(box, dtype=np.int64),
                expression=np.int64(expression), emotion=np.int64(labels.emotion[item.row]),
                intensity=np.float64(labels.intensity[item.row]), blend=labels.blend[item.row],
@@ -299,12 +373,17 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
         if kinds.get(item.path) == "truncated":
             truncate_file(out / item.path)
 
-    for split, name in SPLIT_FILES.items():
-        atomic_write_text(out / name, "\n".join(lines[split]) + "\n")
+    if not npy:
+        for split, name in split_files.items():
+            atomic_write_text(out / name, "\n".join(lines[split]) + "\n")
     damaged = sorted({p for p, k in kinds.items() if k == "truncated"} | {m["file"] for m in malformed.values()})
     gt.attrs.update({
         "flame_model": str(flame.source), "jpeg_quality": JPEG_QUALITY, "real_counts": json.dumps(REAL_COUNTS),
-        "layout": f"{IMAGE_DIR}/<dir>/<sha224>.jpg; {SPLIT_FILES['train']}; {SPLIT_FILES['val']}",
+        "variant": variant,
+        "layout": (f"{NPY_DIRS['train']}|{NPY_DIRS['val']}/images/<n>.jpg ({NPY_SIZE} px); "
+                   f"<split dir>/annotations/<n>_exp|val|aro|lnd.npy" if npy else
+                   f"{layout.image_dir}/<dir>/<sha224>.jpg; {split_files['train']}; {split_files['val']}"
+                   + ("" if layout.val_header else " (validation.csv without its header line)")),
         "classes": json.dumps(CLASSES),
         "label_model": (
             "class-first: emotion c in 0-7 -> expression = prototypes[c] * intensity + residual_scale * generic "
@@ -331,6 +410,6 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
             "corrupted: 0 intact, else 1 + index in corruption_kinds."),
     })
     gt.write(out)
-    counts = {"images": n, **{Path(name).stem: len(lines[s]) - 1 for s, name in SPLIT_FILES.items()},
+    counts = {"images": n, **{Path(SPLIT_FILES[s]).stem: sum(it.split == s for it in items) for s in SPLIT_FILES},
               "invalid": int((labels.emotion >= N_EMOTIONS).sum())}
     return SynthResult(root=out, counts=counts, corrupted=damaged)

@@ -8,6 +8,11 @@ documented, so the reader accepts both formats written here)::
     <root>/<subject>/<task>/<frame:04d>_lmk3d.txt              68 lines "x y z", mm, iBUG-68 order
     <root>/fbench_ground_truth.h5
 
+``--variant bp4dplus`` writes the landmarks as BP4D+ keeps them instead, in a tree of their own:
+``<root>/3DFeatures/FacialLandmarks/<subject>_<task>_<frame:04d>.bndplus``, 83 lines "x,y,z" (mm):
+FLAME's 68 landmarks in a fixed shuffled order plus 15 scan vertices, standing for BP4D+'s 83-point
+scheme whose correspondence to iBUG-68 is not published.
+
 Subjects F001, M001, F002, M002, ...; tasks T1..T8. Every scan is the subject's FLAME
 head under that frame's parameters, remeshed in a topology of its own (``remesh``:
 vertices embedded in FLAME triangles, ~4000 of them over the front of the head),
@@ -306,10 +311,30 @@ def _corrupt_mesh_with_nan(path: Path) -> None:
 # ----------------------------------------------------------------------------- writer
 
 
-def write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthResult:
+# --variant: default, a 68-point <stem>_lmk3d.txt beside each scan; bp4dplus, BP4D+'s landmark tree instead:
+# 3DFeatures/FacialLandmarks/<subject>_<task>_<frame:04d>.bndplus with 83 "x,y,z" lines (MATLAB dlmwrite).
+VARIANTS = ("default", "bp4dplus")
+BNDPLUS_POINTS = 83
+
+
+def bndplus_path(subject: str, task: str, frame: int) -> str:
+    return f"3DFeatures/FacialLandmarks/{subject}_{task}_{frame:04d}.bndplus"
+
+
+def bndplus_points(landmarks68: np.ndarray, scan: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """83 points standing for BP4D+'s scheme, whose correspondence to iBUG-68 is not published: FLAME's 68
+    landmarks in a fixed shuffled order plus 15 scan vertices. A reader cannot use them without a map."""
+    order = np.random.default_rng(83).permutation(68)
+    extra = scan[rng.choice(len(scan), BNDPLUS_POINTS - 68, replace=False)]
+    return np.concatenate([landmarks68[order], extra])
+
+
+def write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, variant: str = "default") -> SynthResult:
     """Write ``n`` synthetic BP4D subjects (8 tasks x FRAMES_PER_TASK scans each) under ``out``."""
     if n < 1:
         raise ValueError(f"need at least one subject, got n={n}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown BP4D variant {variant!r}; choose from {', '.join(VARIANTS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = expression_names(flame)
@@ -362,12 +387,19 @@ def write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthResu
                     atomic_write_text(out / f"{stem}.wrl", format_wrl(scan_mm, scan_faces, uv, texture))
                 lmk_mm = output.landmarks_full[k].numpy() @ (UNITS_PER_METRE * rot).T + trans
                 noisy_lmk = lmk_mm + rng.normal(0.0, LANDMARK_NOISE_MM, lmk_mm.shape)
-                atomic_write_text(out / f"{stem}_lmk3d.txt", format_landmarks(noisy_lmk))
+                if variant == "bp4dplus":
+                    points = bndplus_points(noisy_lmk, scan_mm, rng)
+                    lmk_rel = bndplus_path(subject, task, frame)
+                    (out / lmk_rel).parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_text(out / lmk_rel, "".join(f"{x:.4f},{y:.4f},{z:.4f}\n" for x, y, z in points))
+                else:
+                    lmk_rel = f"{stem}_lmk3d.txt"
+                    atomic_write_text(out / lmk_rel, format_landmarks(noisy_lmk))
                 row = FlameParams(**{key: v[k:k + 1] for key, v in params.as_dict().items()})
                 gt.add(f"{subject}_{task}_{frame:04d}", f"{stem}.{fmt}", row, frame=frame, transform=transform,
                        landmarks=lmk_mm)
                 meshes.append(f"{stem}.{fmt}")
-                landmark_files.append(f"{stem}_lmk3d.txt")
+                landmark_files.append(lmk_rel)
                 frames_total += 1
     corrupted = _corrupt(out, meshes, landmark_files, corrupt, np.random.default_rng([seed, 99]))
     gt.write(out)
@@ -394,7 +426,7 @@ def _corrupt(out: Path, meshes: list[str], landmark_files: list[str], k: int,
             _corrupt_mesh_with_nan(out / mesh)
             done.append(mesh)
         elif kind == "landmarks_short":
-            lmk = mesh.rsplit(".", 1)[0] + "_lmk3d.txt"
+            lmk = landmark_files[meshes.index(mesh)]
             lines = (out / lmk).read_text().splitlines()
             atomic_write_text(out / lmk, "\n".join(lines[:40]) + "\n")
             done.append(lmk)

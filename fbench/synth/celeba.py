@@ -62,6 +62,19 @@ PARTITION_FILE = "Eval/list_eval_partition.txt"
 LANDMARK_HEADER = ("lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y "
                    "leftmouth_x leftmouth_y rightmouth_x rightmouth_y")
 SPLITS = ("train", "val", "test")  # partition codes 0, 1, 2
+# --variant: the layouts CelebA copies come in (data_cards/celeba.yaml). default: the release's Img/, Anno/,
+# Eval/; torchvision: everything flat in celeba/ (torchvision.datasets.CelebA's base_folder), with
+# identity_CelebA.txt in CRLF line endings as SMIRK's copy has it; csv: the CSV mirror (image_id headers,
+# comma-separated, images double-nested in img_align_celeba/img_align_celeba/, no identity file).
+LAYOUTS = {
+    "default": {"images": IMAGE_DIR, "landmarks": LANDMARKS_FILE, "identity": IDENTITY_FILE,
+                "partition": PARTITION_FILE},
+    "torchvision": {"images": "celeba/img_align_celeba", "landmarks": "celeba/list_landmarks_align_celeba.txt",
+                    "identity": "celeba/identity_CelebA.txt", "partition": "celeba/list_eval_partition.txt"},
+    "csv": {"images": "img_align_celeba/img_align_celeba", "landmarks": "list_landmarks_align_celeba.csv",
+            "identity": None, "partition": "list_eval_partition.csv"},
+}
+VARIANTS = tuple(LAYOUTS)
 STREAM = 0x43454C42  # 'CELB'
 CORRUPTIONS = ("truncated", "malformed_landmarks_row")
 # Where the aligned image puts the five points (x, y): eyes, nose tip, mouth corners. fbench's choice,
@@ -76,6 +89,7 @@ class Item:
     identity: int  # CelebA identity number
     split: int  # 0 train, 1 val, 2 test
     person: int  # index into this dataset's identities
+    image_dir: str = IMAGE_DIR
 
     @property
     def name(self) -> str:
@@ -83,7 +97,7 @@ class Item:
 
     @property
     def path(self) -> str:
-        return f"{IMAGE_DIR}/{self.name}"
+        return f"{self.image_dir}/{self.name}"
 
 
 def plan_items(rng: np.random.Generator, n: int) -> tuple[list[Item], int]:
@@ -130,17 +144,25 @@ def landmark_line(name: str, values: np.ndarray) -> str:
     return name + "".join(f"{int(v):>5d}" for v in np.asarray(values).reshape(-1))
 
 
-def write(out: Path, n: int = DEFAULT_N, seed: int = 0, corrupt: int = 0, flame: FLAME | None = None) -> SynthResult:
-    """Write a miniature aligned CelebA with `n` images under `out` (deterministic for `seed`)."""
+def write(out: Path, n: int = DEFAULT_N, seed: int = 0, corrupt: int = 0, flame: FLAME | None = None,
+          variant: str = "default") -> SynthResult:
+    """Write a miniature aligned CelebA with `n` images under `out` (deterministic for `seed`) in the
+    layout `variant` (one of VARIANTS)."""
     if flame is None:
         raise ValueError("celeba.write needs a FLAME model (fbench.flame.load_flame())")
+    if variant not in LAYOUTS:
+        raise ValueError(f"unknown CelebA variant {variant!r}; choose from {', '.join(VARIANTS)}")
     with torch_threads(1):
-        return _write(Path(out), n, seed, corrupt, flame)
+        return _write(Path(out), n, seed, corrupt, flame, variant)
 
 
-def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthResult:
+def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, variant: str = "default") -> SynthResult:
     rng = np.random.default_rng([seed, STREAM])
+    layout = LAYOUTS[variant]
+    csv = layout["landmarks"].endswith(".csv")
     items, n_ids = plan_items(rng, n)
+    for item in items:
+        item.image_dir = layout["images"]
     paths = [item.path for item in items]
     if corrupt > len(paths):
         raise ValueError(f"--corrupt {corrupt}: this CelebA has only {len(paths)} images; use a larger --n")
@@ -174,10 +196,17 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
                                 flame_output=output)
         write_jpeg(out / item.path, rendered.image, JPEG_QUALITY)
         points = round_pixels(five_points(rendered.landmarks68))
-        line = landmark_line(item.name, points)
+        if csv:
+            values = [str(int(v)) for v in np.asarray(points).reshape(-1)]
+            line = ",".join([item.name, *values])
+            if kinds.get(item.path) == "malformed_landmarks_row":
+                line = ",".join([item.name, *values[:5]])  # a row cut after its fifth number
+        else:
+            line = landmark_line(item.name, points)
+            if kinds.get(item.path) == "malformed_landmarks_row":
+                line = line[:len(item.name) + 5 * 5]  # a row cut after its fifth number
         if kinds.get(item.path) == "malformed_landmarks_row":
-            line = line[:len(item.name) + 5 * 5]  # a row cut after its fifth number
-            corrupted_rows[item.path] = LANDMARKS_FILE
+            corrupted_rows[item.path] = layout["landmarks"]
         landmark_rows.append(line)
         gt.add(f"celeba_{item.number:06d}", item.path, params, **photo_extras(camera, rendered, (HEIGHT, WIDTH)),
                landmarks5=five_points(rendered.landmarks68), landmarks5_int=points,
@@ -187,15 +216,27 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
             truncate_file(out / item.path)
 
     # CelebA's annotation files: plain text, one line per image in file order.
-    atomic_write_text(out / LANDMARKS_FILE, f"{len(items)}\n{LANDMARK_HEADER}\n" + "\n".join(landmark_rows) + "\n")
-    atomic_write_text(out / IDENTITY_FILE, "".join(f"{it.name} {it.identity}\n" for it in items))
-    atomic_write_text(out / PARTITION_FILE, "".join(f"{it.name} {it.split}\n" for it in items))
+    if csv:  # the CSV mirror: a header row naming the columns, comma-separated, no count line
+        atomic_write_text(out / layout["landmarks"], "image_id," + LANDMARK_HEADER.replace(" ", ",") + "\n"
+                          + "\n".join(landmark_rows) + "\n")
+        atomic_write_text(out / layout["partition"], "image_id,partition\n"
+                          + "".join(f"{it.name},{it.split}\n" for it in items))
+    else:
+        atomic_write_text(out / layout["landmarks"], f"{len(items)}\n{LANDMARK_HEADER}\n" + "\n".join(landmark_rows)
+                          + "\n")
+        atomic_write_text(out / layout["partition"], "".join(f"{it.name} {it.split}\n" for it in items))
+    if layout["identity"] is not None:
+        eol = "\r\n" if variant == "torchvision" else "\n"  # SMIRK's copy of identity_CelebA.txt has CRLF
+        (out / layout["identity"]).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / layout["identity"], "".join(f"{it.name} {it.identity}{eol}" for it in items))
     # SynthResult.corrupted names damaged files: truncated images, and the landmark file if a row is malformed.
     damaged = sorted({p for p, k in kinds.items() if k == "truncated"} | set(corrupted_rows.values()))
     gt.attrs.update({
         "flame_model": str(flame.source), "image_size": np.array([WIDTH, HEIGHT]), "jpeg_quality": JPEG_QUALITY,
         "real_images": REAL_IMAGES, "real_identities": REAL_IDENTITIES,
-        "layout": f"{IMAGE_DIR}/<NNNNNN>.jpg; {LANDMARKS_FILE}; {IDENTITY_FILE}; {PARTITION_FILE}",
+        "variant": variant,
+        "layout": (f"{layout['images']}/<NNNNNN>.jpg; {layout['landmarks']}; {layout['identity']}; "
+                   f"{layout['partition']}"),
         "alignment": ("least-squares similarity of the five points onto alignment_template, jittered by +-1.5 px, "
                       "+-5 % scale, +-3 deg roll"),
         "alignment_template": TEMPLATE,
@@ -205,7 +246,7 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
                                "landmarks5 are the exact points"),
         "split_mapping": "partition 0 train, 1 val, 2 test; by identity, contiguous in file order",
         "corrupted": json.dumps(damaged), "corruption_kinds": ",".join(CORRUPTIONS),
-        "corrupted_items": json.dumps([{"path": p, "kind": k, **({"file": LANDMARKS_FILE} if p in corrupted_rows
+        "corrupted_items": json.dumps([{"path": p, "kind": k, **({"file": layout["landmarks"]} if p in corrupted_rows
                                                                   else {})} for p, k in sorted(kinds.items())]),
         "conventions": PHOTO_CONVENTIONS + (" identity: CelebA identity number; partition: 0/1/2. corrupted: 0 "
                                             "intact, else 1 + index in corruption_kinds."),

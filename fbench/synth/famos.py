@@ -17,6 +17,11 @@ plus small smooth variation of every component, head pose, neck and gaze. Eyelid
 parameters are zero: registrations are explained by FLAME2020 without SMIRK's eyelids,
 so ``FLAME(ground truth) == registration`` to float32 precision.
 
+``--variant release`` writes the downloads' layout instead: ``registrations/<subject>/...``,
+``scans/<subject>/<sequence>/<sequence>.<frame:06d>.obj`` and, for the same frames,
+``sampled_scan_points/<subject>/<sequence>/<sequence>.<frame:06d>.npy`` ((4000, 3) float32 points
+sampled on the scan surface, mm), as TEMPEH's download scripts extract them.
+
 Raw scans are written for the frames in ``SCAN_FRAMES`` (the release has scans for a
 subset of frames too): the subject's head remeshed in its own ~6000-vertex topology over
 the whole head (no eyeballs), normal noise ``NOISE_MM``, 2-4 holes, in mm, in the same
@@ -82,12 +87,27 @@ def subject_name(i: int) -> str:
     return f"FaMoS_subject_{i + 1:03d}"
 
 
-def registration_path(subject: str, sequence: str, frame: int) -> str:
-    return f"{subject}/{sequence}/{sequence}.{frame:06d}.ply"
+# --variant: default, registrations and raw scans in one tree (TEMPEH's dataset-root form, scans in
+# <subject>/<sequence>/meshes/); release, the downloads as they extract: registrations/ (the registrations
+# archive), scans/<subject>/<sequence>/<sequence>.<frame>.obj (the test-subject scans) and
+# sampled_scan_points/<subject>/<sequence>/<sequence>.<frame>.npy (the training scans as sampled points, mm).
+VARIANTS = ("default", "release")
+SAMPLED_POINTS = 4000  # points per sampled scan (TEMPEH samples its own count from the scan surface)
 
 
-def scan_path(subject: str, sequence: str, frame: int) -> str:
+def registration_path(subject: str, sequence: str, frame: int, variant: str = "default") -> str:
+    base = "registrations/" if variant == "release" else ""
+    return f"{base}{subject}/{sequence}/{sequence}.{frame:06d}.ply"
+
+
+def scan_path(subject: str, sequence: str, frame: int, variant: str = "default") -> str:
+    if variant == "release":
+        return f"scans/{subject}/{sequence}/{sequence}.{frame:06d}.obj"
     return f"{subject}/{sequence}/meshes/{sequence}.{frame:06d}.obj"
+
+
+def sampled_points_path(subject: str, sequence: str, frame: int) -> str:
+    return f"sampled_scan_points/{subject}/{sequence}/{sequence}.{frame:06d}.npy"
 
 
 def _nan_ply(path: Path) -> None:
@@ -99,10 +119,12 @@ def _nan_ply(path: Path) -> None:
     atomic_write_bytes(path, bytes(data))
 
 
-def write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthResult:
-    """Write ``n`` synthetic FaMoS subjects, every sequence of SEQUENCES, under ``out``."""
+def write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, variant: str = "default") -> SynthResult:
+    """Write ``n`` synthetic FaMoS subjects, every sequence of SEQUENCES, under ``out`` (layout ``variant``)."""
     if n < 1:
         raise ValueError(f"need at least one subject, got n={n}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown FaMoS variant {variant!r}; choose from {', '.join(VARIANTS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = expression_names(flame)
@@ -133,7 +155,7 @@ def write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthResu
             with torch.no_grad():
                 verts = model(params).vertices.numpy()
             for frame in range(FRAMES_PER_SEQUENCE):
-                rel = registration_path(subject, sequence, frame)
+                rel = registration_path(subject, sequence, frame, variant)
                 write_mesh(out / rel, Mesh(verts[frame], faces, "m"), binary=True)
                 row = FlameParams(**{k: v[frame:frame + 1] for k, v in params.as_dict().items()})
                 gt.add(f"{subject}_{sequence}_{frame:06d}", rel, row, frame=frame)
@@ -141,14 +163,33 @@ def write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthResu
                 if frame in SCAN_FRAMES:
                     scan_m, scan_faces, kept = simulate_scan(topology, verts[frame], rng, NOISE_MM / 1000.0,
                                                              holes=(2, 4))
-                    rel_scan = scan_path(subject, sequence, frame)
+                    rel_scan = scan_path(subject, sequence, frame, variant)
                     atomic_write_text(out / rel_scan, format_obj(scan_m * 1000.0, scan_faces, uv_all[kept], None))
                     scans.append(rel_scan)
+                    if variant == "release":  # the training form: points sampled on the scan surface, mm
+                        points = sample_surface(scan_m * 1000.0, scan_faces, SAMPLED_POINTS, rng)
+                        rel_points = out / sampled_points_path(subject, sequence, frame)
+                        rel_points.parent.mkdir(parents=True, exist_ok=True)
+                        with open(rel_points.with_name(rel_points.name + ".tmp"), "wb") as f:
+                            np.save(f, points.astype(np.float32), allow_pickle=False)
+                        rel_points.with_name(rel_points.name + ".tmp").replace(rel_points)
     corrupted = _corrupt(out, registrations, scans, corrupt, np.random.default_rng([seed, 77]))
     gt.write(out)
     return SynthResult(root=out, counts={"subjects": n, "sequences": n * len(SEQUENCES),
                                          "registrations": len(registrations), "scans": len(scans)},
                        corrupted=corrupted)
+
+
+def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """(count, 3) points uniformly on a triangle mesh's surface (area-weighted faces, uniform barycentrics)."""
+    tri = vertices[faces]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    pick = rng.choice(len(faces), size=count, p=area / area.sum())
+    u, v = rng.random(count), rng.random(count)
+    flip = u + v > 1
+    u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
+    t = tri[pick]
+    return t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
 
 
 CORRUPTIONS = ("truncated_ply", "nan_ply", "truncated_obj", "empty_ply")

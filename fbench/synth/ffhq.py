@@ -29,6 +29,7 @@ and the ground truth still describe the intact file (its size and MD5 no longer 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -69,6 +70,10 @@ LICENSES = (
 )
 COUNTRIES = ("", "", "", "United States", "United Kingdom", "Germany", "France", "Brazil", "India", "Japan")
 DATE_CRAWLED = "2018-10-10"
+# --variant: default, the release (images1024x1024/, thumbnails128x128/, the JSON); flat256: SMIRK's copy,
+# a flat folder of 256 px images named <index:05d>.png and no JSON (landmarks then come from detectors).
+VARIANTS = ("default", "flat256")
+FLAT_SIZE = 256
 
 
 def folder(index: int) -> str:
@@ -158,18 +163,22 @@ def _points(points: np.ndarray, integer: bool = False) -> list[list[float]]:
     return [[float(x), float(y)] for x, y in points]
 
 
-def write(out: Path, n: int = DEFAULT_N, seed: int = 0, corrupt: int = 0, flame: FLAME | None = None) -> SynthResult:
-    """Write a miniature FFHQ with `n` images under `out` (deterministic for `seed`)."""
+def write(out: Path, n: int = DEFAULT_N, seed: int = 0, corrupt: int = 0, flame: FLAME | None = None,
+          variant: str = "default") -> SynthResult:
+    """Write a miniature FFHQ with `n` images under `out` (deterministic for `seed`) in layout `variant`."""
     if flame is None:
         raise ValueError("ffhq.write needs a FLAME model (fbench.flame.load_flame())")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown FFHQ variant {variant!r}; choose from {', '.join(VARIANTS)}")
     with torch_threads(1):
-        return _write(Path(out), n, seed, corrupt, flame)
+        return _write(Path(out), n, seed, corrupt, flame, variant)
 
 
-def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthResult:
+def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, variant: str = "default") -> SynthResult:
     rng = np.random.default_rng([seed, STREAM])
     indices = plan_indices(rng, n)
-    paths = [image_path(i) for i in indices]
+    flat = variant == "flat256"
+    paths = [f"{i:05d}.png" if flat else image_path(i) for i in indices]
     if corrupt > len(paths):
         raise ValueError(f"--corrupt {corrupt}: this FFHQ has only {len(paths)} images; use a larger --n")
     # A stream of its own: corrupting changes no other file (they are as with --corrupt 0).
@@ -195,6 +204,19 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
         wild_landmarks = wild.project(output.landmarks[0].double()).numpy()  # frontal camera: FLAME's contour
         c, x, y = alignment_quad(wild_landmarks)
         camera = similarity_camera(wild, *alignment_similarity(c, x), SIZE, SIZE)
+        if flat:  # SMIRK's copy: the aligned image at 256 px (the same view, rendered at that size), no JSON
+            K = camera.K.copy()
+            K[:2] *= FLAT_SIZE / SIZE
+            camera = dataclasses.replace(camera, K=K, width=FLAT_SIZE, height=FLAT_SIZE)
+            rendered = render_photo(flame, params, camera, appearance, supersample=2, flame_output=output)
+            write_png(out / path, rendered.image)
+            gt.add(f"ffhq_{index:05d}", path, params, **photo_extras(camera, rendered, (FLAT_SIZE, FLAT_SIZE)),
+                   index=np.int64(index), split=np.bytes_("train" if category(index) == "training" else "val"),
+                   category=np.bytes_(category(index)),
+                   corrupted=np.int8(CORRUPTIONS.index(kinds[path]) + 1 if path in kinds else 0))
+            if path in kinds:
+                (truncate_file if kinds[path] == "truncated" else empty_file)(out / path)
+            continue
         rendered = render_photo(flame, params, camera, appearance, supersample=1, flame_output=output)
 
         data = write_png(out / path, rendered.image)
@@ -222,10 +244,13 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
         if path in kinds:
             (truncate_file if kinds[path] == "truncated" else empty_file)(out / path)
 
-    atomic_write_text(out / JSON_NAME, json.dumps(entries))
+    if not flat:
+        atomic_write_text(out / JSON_NAME, json.dumps(entries))
     gt.attrs.update({
-        "flame_model": str(flame.source), "image_size": np.array([SIZE, SIZE]), "real_count": REAL_COUNT,
-        "layout": "images1024x1024/{index//1000*1000:05d}/{index:05d}.png; thumbnails128x128/...; " + JSON_NAME,
+        "flame_model": str(flame.source), "image_size": np.array([FLAT_SIZE if flat else SIZE] * 2),
+        "real_count": REAL_COUNT, "variant": variant,
+        "layout": "{index:05d}.png (256 px, flat, no JSON)" if flat else
+                  "images1024x1024/{index//1000*1000:05d}/{index:05d}.png; thumbnails128x128/...; " + JSON_NAME,
         "alignment": "FFHQ recreate_aligned_images rule on the exact wild landmarks (see fbench.synth.ffhq)",
         "annotation_mapping": ("JSON image.face_landmarks = landmarks68 exactly (floats); in_the_wild.face_landmarks "
                                "= wild_landmarks68 rounded to whole pixels; face_quad from the exact wild landmarks"),
@@ -237,6 +262,6 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
             "corrupted: 0 intact, else 1 + index in corruption_kinds."),
     })
     gt.write(out)
-    return SynthResult(root=out, counts={"images": len(indices), "thumbnails": len(indices),
+    return SynthResult(root=out, counts={"images": len(indices), "thumbnails": 0 if flat else len(indices),
                                          "validation": sum(i >= TRAINING_COUNT for i in indices)},
                        corrupted=list(to_corrupt))

@@ -10,8 +10,10 @@ A video id is an 11-character YouTube id and stands for one speaker (one talk); 
 several clips. Every clip is a 224x224, 25 fps H.264 video of a face-centred talking head
 whose FLAME parameters follow a smooth trajectory with a fixed identity, the jaw opening
 once per syllable of the words in the clip's transcript. The transcript is written as
-LRS3's: `Text:` and `Conf:` header lines, a blank line, then a `WORD START END ASDSCORE`
-table with times in seconds from the clip start.
+LRS3's: `Text:`, `Conf:` and `Ref:` (the video id) header lines, a blank line, the face-track
+table `FRAME X Y W H` (one row per frame with a face, box relative to the frame), a blank line,
+then a `WORD START END ASDSCORE` table with times in seconds from the clip start; the first
+test clip's file has no word table (some real files lack it; attrs transcripts_without_words).
 
 The first trainval clip has a short cut-away (`NO_FACE_FRAMES` frames in its middle) where
 the speaker is out of the picture: those rows keep their ground truth, with
@@ -134,11 +136,34 @@ def transcript(rng: np.random.Generator, duration: float) -> tuple[list[tuple[st
     return words, int(rng.integers(1, 6))
 
 
-def transcript_text(words: list[tuple[str, float, float, float]], conf: int) -> str:
-    # LRS3's header: "Text:" and "Conf:" each followed by two spaces, a blank line, the table.
-    lines = [f"Text:  {' '.join(w for w, *_ in words)}", f"Conf:  {conf}", "", "WORD START END ASDSCORE"]
-    lines += [f"{w} {s:.2f} {e:.2f} {a:.1f}" for w, s, e, a in words]
+def transcript_text(words: list[tuple[str, float, float, float]], conf: int, ref: str | None = None,
+                    track: list[tuple[int, float, float, float, float]] | None = None, with_words: bool = True) -> str:
+    """An LRS3 `.txt`: `Text:`, `Conf:` and `Ref:` header lines (two, two and three spaces after the
+    colon), a blank line, the face-track table `FRAME X Y W H` (tab-separated, one row per frame, box
+    relative to the frame size) when `track` is given, a blank line, then the `WORD START END
+    ASDSCORE` table (space-separated) unless `with_words` is False (some real files lack it)."""
+    lines = [f"Text:  {' '.join(w for w, *_ in words)}", f"Conf:  {conf}"]
+    if ref is not None:
+        lines.append(f"Ref:   {ref}")
+    if track is not None:
+        lines += ["", "FRAME \tX \tY \tW \tH "]
+        lines += [f"{f:06d} \t{x:.3f} \t{y:.3f} \t{w:.3f} \t{h:.3f} " for f, x, y, w, h in track]
+    if with_words:
+        lines += ["", "WORD START END ASDSCORE"]
+        lines += [f"{w} {s:.2f} {e:.2f} {a:.1f}" for w, s, e, a in words]
     return "\n".join(lines) + "\n"
+
+
+def face_track(landmarks68: list[np.ndarray], visible: list[bool]) -> list[tuple[int, float, float, float, float]]:
+    """The clip's face-track rows: per frame with a face, the box of its 68 landmarks relative to the
+    frame size (x, y the top-left corner), rounded to 3 decimals as written."""
+    rows = []
+    for f, (lm, vis) in enumerate(zip(landmarks68, visible)):
+        if vis:
+            lo, hi = lm.min(axis=0), lm.max(axis=0)
+            rows.append((f, *(round(float(v), 3) for v in (lo[0] / SIZE, lo[1] / SIZE, (hi[0] - lo[0]) / SIZE,
+                                                            (hi[1] - lo[1]) / SIZE))))
+    return rows
 
 
 def malformed_transcript_text(words: list[tuple[str, float, float, float]], conf: int) -> str:
@@ -184,6 +209,8 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
 
     gt = GroundTruthWriter("lrs3", seed, attrs={})
     corrupted: list[str] = []
+    no_words: list[str] = []
+    first_test = next((c for c in clips if c.split == "test"), None)
     frames_total = 0
     for clip in tqdm(clips, desc="lrs3 clips", unit="clip", disable=None):  # on a terminal only
         clip_rng = np.random.default_rng(rng.integers(2**63))
@@ -200,7 +227,7 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
         kind = kinds.get(clip.stem)
         with torch.no_grad():
             outputs = flame(params)
-        images = []
+        images, clip_landmarks, clip_visible = [], [], []
         for f in range(clip.n_frames):
             visible = f not in clip.no_face
             cam = camera if visible else away
@@ -209,6 +236,8 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
             if visible != bool(r.face_mask.any()):  # the plan and the picture must agree
                 raise RuntimeError(f"{clip.stem} frame {f}: face {'missing' if visible else 'in the picture'}")
             images.append(r.image)
+            clip_landmarks.append(r.landmarks68)
+            clip_visible.append(visible)
             gt.add(f"lrs3_{clip.split}_{clip.video_id}_{clip.clip}_f{f:03d}", f"{clip.stem}.mp4", params[f],
                    frame=f, **cam.as_arrays(), landmarks68=r.landmarks68.astype(np.float64),
                    landmarks_mp=r.landmarks_mp.astype(np.float64), face_visible=np.bool_(visible),
@@ -217,8 +246,16 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
                    corrupted=np.int8(CORRUPTIONS.index(kind) + 1 if kind else 0))
         video, text = out / f"{clip.stem}.mp4", out / f"{clip.stem}.txt"
         write_h264(video, images, FPS)
-        text_of = malformed_transcript_text if kind == "malformed_txt" else transcript_text
-        atomic_write_text(text, text_of(words, conf))
+        # Sections as the release writes them; the first test clip lacks the word table (some real files do).
+        with_words = clip is not first_test
+        if kind == "malformed_txt":
+            atomic_write_text(text, malformed_transcript_text(words, conf))
+        else:
+            atomic_write_text(text, transcript_text(words, conf, ref=clip.video_id,
+                                                    track=face_track(clip_landmarks, clip_visible),
+                                                    with_words=with_words))
+        if not with_words and kind != "malformed_txt":
+            no_words.append(f"{clip.stem}.txt")
         if kind in ("empty_video", "truncated_video"):
             corrupt_video(video, kind.split("_")[0])
         if kind:
@@ -232,6 +269,10 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
         "corrupted": json.dumps(corrupted),
         "corruption_kinds": ",".join(CORRUPTIONS),
         "no_face": json.dumps({f"{c.stem}.mp4": c.no_face for c in clips if c.no_face}),
+        "transcripts_without_words": json.dumps(no_words),
+        "transcript_sections": ("Text/Conf/Ref header; FRAME X Y W H face track (frames with a face; box of the "
+                                "landmarks68 relative to the frame, 3 decimals); WORD START END ASDSCORE table "
+                                "(except the files in transcripts_without_words)"),
         "conventions": (
             "landmarks68 / landmarks_mp: pixels, (0,0) = top-left image corner, pixel centres at +0.5. "
             "camera_K/R/t: pinhole, OpenCV axes, world->camera x_cam = R x + t in metres; the FLAME head is at "

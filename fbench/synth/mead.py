@@ -78,8 +78,22 @@ class Take:
     clip: str  # three digits, the file stem
     n_frames: int
 
+    layout: str = "default"
+
     def path(self, view: str) -> str:
-        return f"{self.actor}/video/{view}/{self.emotion}/level_{self.level}/{self.clip}.mp4"
+        return LAYOUTS[self.layout].format(actor=self.actor, view=view, emotion=self.emotion, level=self.level,
+                                           clip=self.clip)
+
+
+# --variant: the path forms of the release (data_cards/mead.yaml): default <actor>/video/<view>/...; a few
+# actors have an extra "1" folder after video/ (video-1), in place of it (1), or after the view (view-1).
+LAYOUTS = {
+    "default": "{actor}/video/{view}/{emotion}/level_{level}/{clip}.mp4",
+    "video-1": "{actor}/video/1/{view}/{emotion}/level_{level}/{clip}.mp4",
+    "1": "{actor}/1/{view}/{emotion}/level_{level}/{clip}.mp4",
+    "view-1": "{actor}/video/{view}/1/{emotion}/level_{level}/{clip}.mp4",
+}
+VARIANTS = tuple(LAYOUTS)
 
 
 def emotion_prototypes(n_exp: int) -> dict[str, np.ndarray]:
@@ -134,18 +148,24 @@ def view_camera(view: str, face_height_px: float, center_px: tuple[float, float]
                                   azimuth_deg=azimuth, elevation_deg=elevation)
 
 
-def write(out: Path, n: int = DEFAULT_N, seed: int = 0, corrupt: int = 0, flame: FLAME | None = None) -> SynthResult:
-    """Write a miniature MEAD with `n` takes (7n videos) under `out` (deterministic for `seed`)."""
+def write(out: Path, n: int = DEFAULT_N, seed: int = 0, corrupt: int = 0, flame: FLAME | None = None,
+          variant: str = "default") -> SynthResult:
+    """Write a miniature MEAD with `n` takes (7n videos) under `out` (deterministic for `seed`), paths in
+    the form `variant` (LAYOUTS)."""
     if flame is None:
         raise ValueError("mead.write needs a FLAME model (fbench.flame.load_flame())")
+    if variant not in LAYOUTS:
+        raise ValueError(f"unknown MEAD variant {variant!r}; choose from {', '.join(VARIANTS)}")
     with torch_threads(1):
-        return _write(Path(out), n, seed, corrupt, flame)
+        return _write(Path(out), n, seed, corrupt, flame, variant)
 
 
-def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthResult:
+def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, variant: str = "default") -> SynthResult:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 0x4D454144])  # 'MEAD': independent of other writers' streams
     takes = plan_takes(rng, n)
+    for take in takes:
+        take.layout = variant
     all_paths = [take.path(view) for take in takes for view in VIEWS]
     if corrupt > len(all_paths):
         raise ValueError(f"--corrupt {corrupt}: this MEAD has only {len(all_paths)} videos; use a larger --n")
@@ -205,7 +225,7 @@ def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME) -> SynthRes
         "flame_model": str(flame.source),
         "note": f"rendered at {WIDTH}x{HEIGHT} (16:9 like the real {REAL_SIZE[0]}x{REAL_SIZE[1]}) to stay fast",
         "codec": "h264 (libx264, yuv420p)",
-        "layout": "{actor}/video/{view}/{emotion}/level_{level}/{clip:03d}.mp4",
+        "layout": LAYOUTS[variant].replace("{clip}", "{clip:03d}"), "variant": variant,
         "views": json.dumps(VIEWS), "emotions": json.dumps(EMOTIONS),
         "level_scale": json.dumps(LEVEL_SCALE), "prototype_seed": PROTOTYPE_SEED,
         "corrupted": json.dumps(to_corrupt), "corruption_kinds": ",".join(CORRUPTIONS),

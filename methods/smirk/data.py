@@ -174,10 +174,18 @@ class SmirkTransform:
 # ------------------------------------------------------------------------------------ the mix
 
 
-def smirk_mix(root: Path | str, splits: Sequence[str] | None = ("train",), skip_missing: bool = False,
+# SMIRK's own selection (georgeretsi/smirk datasets/data_utils.py): the train lists of LRS3 and MEAD, but
+# every FFHQ image (ffhq_dataset.py lists the whole folder) and every CelebA image (celeba_dataset.py reads
+# all of identity_CelebA.txt, all three partitions). None: all splits.
+SMIRK_SPLITS: dict[str, tuple[str, ...] | None] = {"lrs3": ("train",), "mead": ("train",), "mead_sides": ("train",),
+                                                   "ffhq": None, "celeba": None}
+
+
+def smirk_mix(root: Path | str, splits: Sequence[str] | None | str = "smirk", skip_missing: bool = False,
               weights: Mapping[str, float] | None = None) -> list[ShardSet]:
     """SMIRK's training mix from `<root>/<dataset>` shard folders (lrs3, mead, ffhq, celeba; the
     MEAD front and side views are two entries over `<root>/mead`, told apart by `labels.view`).
+    `splits`: "smirk" (default) takes SMIRK_SPLITS per dataset; a sequence or None (all) applies to all.
     With `skip_missing`, absent datasets are left out and the weights of the rest renormalised."""
     root = Path(root)
     weights = dict(SMIRK_MIX, **(weights or {}))
@@ -186,7 +194,8 @@ def smirk_mix(root: Path | str, splits: Sequence[str] | None = ("train",), skip_
     sets, missing = [], []
     for name, _ in SMIRK_MIX:
         try:
-            sets.append(shard_set(name, root / folders[name], weights[name], splits,
+            sets.append(shard_set(name, root / folders[name], weights[name],
+                                  SMIRK_SPLITS[name] if splits == "smirk" else splits,
                                   {"view": views[name]} if name in views else None))
         except (ShardReadError, OSError, ValueError) as exc:
             missing.append(f"{name} ({exc})")
