@@ -80,7 +80,7 @@ class MultifaceConfig:
     max_frames: int = 0  # per entity, 0 = all (else an evenly spaced subset)
     decision_frames: int = 8  # frames used to decide the tracked meshes' coordinate frame
     icp_iterations: int = 50
-    icp_points: int = 2000
+    icp_points: int = 1000
     worst_renders: int = 3
     max_skip_fraction: float = 0.5
 

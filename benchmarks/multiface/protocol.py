@@ -75,7 +75,7 @@ class FrameScore:
 
 def align_and_measure(scan_points: np.ndarray, scan_landmarks: np.ndarray, pred_vertices: np.ndarray,
                       pred_faces: np.ndarray, pred_landmarks: np.ndarray, *, icp_iterations: int = 50,
-                      icp_points: int = 2000, seed: int = 0) -> FrameScore:
+                      icp_points: int = 1000, seed: int = 0) -> FrameScore:
     """Align the predicted mesh to the scan (landmarks, then point-to-surface ICP with scale) and measure.
 
     scan_landmarks / pred_landmarks: (68, 3) in FAN order (scan rows NaN where the ray missed).
