@@ -96,11 +96,17 @@ def test_bad_rows_skipped_and_features_cached(an_root, tmp_path):
     first = lines[1].split(",")[0]
     (root / "Manually_Annotated_Images" / first).write_bytes(b"\xff\xd8 not a jpeg")  # corrupt image
     lines[2] = lines[2][:60]  # malformed row (cut inside the landmarks)
+    fields = lines[3].split(",")
+    assert int(fields[6]) < 8 and float(fields[7]) != -2  # an emotion row with valence: make it "not annotated"
+    lines[3] = ",".join(fields[:7] + ["-2"] + fields[8:])
     val_csv.write_text("\n".join(lines) + "\n")
     method = _Counting(ORACLE.build(ReferenceConfig(root=str(root))))
     config = AffectNetConfig(method_name="oracle", **{**FAST, "max_epochs": 5})
     first_run = BENCHMARK.evaluate(method, root, tmp_path / "out", config)
     assert first_run["n_skipped"] == 2 and first_run["skipped"] == {"bad_row": 1, "bad_image": 1}
+    x = read_ground_truth(an_root).extras
+    invalid = int(((x["split"] == b"val") & ((x["expression"] >= 8) | (x["valence"] == -2))).sum())
+    assert first_run["dropped_invalid_labels"]["val"] == invalid + 1  # EMOCA drops valence -2 rows too
     seen = method.images
     # The cached features are EMOCA's: the method's expression, then its jaw pose.
     gt = read_ground_truth(root)
