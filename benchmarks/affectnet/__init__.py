@@ -173,10 +173,21 @@ def _shard_rows(location: Path) -> Iterator[Row]:
                       load)
 
 
+def _shard_location(root: Path) -> Path | None:
+    """`root` or `root/affectnet` when it holds prepped shards (manifest.json, or .tar files one or two
+    levels down); None otherwise. Never walks the raw image tree."""
+    for place in (root, root / "affectnet"):
+        if (place / "manifest.json").is_file():
+            return place
+    if root.suffix == ".tar" or (root.is_dir() and (any(root.glob("*.tar")) or any(root.glob("*/*.tar")))):
+        return root
+    return None
+
+
 def _rows(root: Path, mode: str) -> tuple[Iterator[Row], str]:
-    has_shards = (root / "manifest.json").is_file() or root.suffix == ".tar" or (root.is_dir() and any(root.rglob("*.tar")))
-    if mode == "shards" or (mode == "auto" and has_shards):
-        return _shard_rows(root), "shards"
+    shards = _shard_location(root)
+    if mode == "shards" or (mode == "auto" and shards is not None):
+        return _shard_rows(shards or root), "shards"
     if mode in ("raw", "auto"):
         if not any(find_file(root, n) for n in CSV_FILES.values()):
             raise FileNotFoundError(f"{root}: neither AffectNet shards (manifest.json, *.tar) nor the raw layout "

@@ -443,7 +443,7 @@ def _render_error_map(root: Path, entity: reader.Entity, setup: dict, ref: reade
     import matplotlib.pyplot as plt
     from matplotlib.tri import Triangulation
 
-    from fbench.report import _savefig
+    from fbench.report import save_figure
 
     vertices, pose = reader.load_scan(root, entity, ref)
     world = reader.to_world(vertices, pose, setup["reading"])
@@ -465,7 +465,7 @@ def _render_error_map(root: Path, entity: reader.Entity, setup: dict, ref: reade
     ax.set_title(f"{reader.entity_id(ref.entity)} frame {ref.frame:06d}: mean {d.mean():.2f} mm")
     fig.colorbar(shade, ax=ax, fraction=0.046, label="scan-to-mesh error (mm)")
     try:
-        _savefig(fig, path)
+        save_figure(fig, path)
     finally:
         plt.close(fig)
 

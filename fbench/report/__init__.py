@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Table", "gather_results", "plot_confusion_matrix", "plot_cumulative_error", "to_csv", "to_latex",
-           "to_markdown", "write_tables"]
+__all__ = ["Table", "cumulative_curve", "gather_results", "plot_confusion_matrix", "plot_cumulative_error",
+           "save_figure", "to_csv", "to_latex", "to_markdown", "write_tables"]
 
 
 @dataclass
@@ -161,7 +161,8 @@ def gather_results(folder: str | Path) -> list[Table]:
     return tables
 
 
-def _savefig(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure as PNG atomically (temp file + rename)."""
     import os
     import tempfile
 
@@ -203,7 +204,7 @@ def plot_cumulative_error(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], p
     if title:
         ax.set_title(title)
     try:
-        return _savefig(fig, Path(path))
+        return save_figure(fig, Path(path))
     finally:
         plt.close(fig)
 
@@ -231,6 +232,6 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
     if title:
         ax.set_title(title)
     try:
-        return _savefig(fig, Path(path))
+        return save_figure(fig, Path(path))
     finally:
         plt.close(fig)
