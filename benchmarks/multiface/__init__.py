@@ -386,7 +386,8 @@ def _finish(root: Path, out_dir: Path, config: MultifaceConfig, method: Reconstr
                "skipped": dict(skipped), "coordinate_frames": {n: s["reading"] for n, s in setups.items()},
                "seconds": round(seconds, 1)}
     write_json(out_dir / "metrics.json", metrics)
-    write_json(out_dir / "reference.json", {"title": PUBLISHED_TITLE, "rows": PUBLISHED})
+    write_json(out_dir / "reference.json", {"title": PUBLISHED_TITLE, "rows": PUBLISHED,
+                                            "columns": ["mean_mm", "median_mm", "max_mm", "n_items", "n_skipped"]})
     write_csv(out_dir / "per_item.csv", PER_ITEM_COLUMNS, per_item)
     write_csv(out_dir / "skipped.csv", ("entity", "frame", "reason"), skip_rows)
     all_d = np.concatenate(list(distances.values()))
