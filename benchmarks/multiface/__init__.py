@@ -254,9 +254,12 @@ def evaluate(method: Reconstructor, data_root: Path, out_dir: Path, config: Mult
             skip_rows.append({"entity": name, "frame": "", "reason": f"missing_files: {n_gap} listed frames"})
         todo += _select(entity.frames, config.max_frames)
 
+    this_run: Counter = Counter()  # skip reasons of the frames attempted in this run
+
     def record_skip(ref: reader.FrameRef, reason: str) -> None:
         log.warning("skipping %s frame %06d: %s", ref.entity, ref.frame, reason)
         cache.skip(ref, reason)
+        this_run[reason.split(":")[0]] += 1
 
     pending = [r for r in todo if not cache.path("result", r, "npz").is_file() and not cache.path("skipped", r, "txt").is_file()]
     if len(pending) < len(todo):
@@ -307,21 +310,11 @@ def evaluate(method: Reconstructor, data_root: Path, out_dir: Path, config: Mult
                              transform=score.transform.matrix(), init_landmarks=score.init_landmarks)
             bar.update(len(batch))
             done = start + len(batch)
-            n_bad = sum(cache.path("skipped", r, "txt").is_file() for r in pending[:done])
-            if done >= 20 and n_bad / done > 0.9:
-                check_failures(done - n_bad, Counter(_skip_reasons(cache, pending[:done])), config.max_skip_fraction,
-                               "multiface")
+            n_bad = sum(this_run.values())
+            if done >= 20 and n_bad / done > 0.9:  # almost everything fails: stop now, not after 6,000 frames
+                check_failures(done - n_bad, this_run, config.max_skip_fraction, "multiface")
     return _finish(root, out_dir, config, method, cache, todo, entities, setups, skipped, skip_rows, gaps,
                    landmarks.source, time.time() - started)
-
-
-def _skip_reasons(cache: _Cache, refs: list[reader.FrameRef]) -> list[str]:
-    out = []
-    for ref in refs:
-        p = cache.path("skipped", ref, "txt")
-        if p.is_file():
-            out.append(p.read_text().split(":")[0].strip())
-    return out
 
 
 def _reconstruct(method: Reconstructor, root: Path, cache: _Cache, refs: list[reader.FrameRef],
