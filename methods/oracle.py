@@ -18,9 +18,9 @@ takes the ground-truth file (or the dataset root) in place of a checkpoint.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

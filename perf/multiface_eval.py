@@ -38,7 +38,13 @@ def main() -> int:
     parser.add_argument("--icp-iterations", type=int, default=50)
     args = parser.parse_args()
 
-    from benchmarks.multiface import MultifaceConfig, _entity_setup, _Cache, _Landmarks, reader
+    from benchmarks.multiface import (
+        MultifaceConfig,
+        _Cache,
+        _entity_setup,
+        _Landmarks,
+        reader,
+    )
     from benchmarks.multiface.protocol import align_and_measure
     from fbench.flame import load_flame
     from methods.oracle import MeanReconstructor

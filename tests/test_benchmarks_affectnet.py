@@ -23,6 +23,7 @@ FAST = dict(mlp_layers=2, mlp_dim=256, learning_rate=1e-3, max_epochs=60, patien
 @pytest.fixture(scope="session")
 def an_root(tmp_path_factory, flame_dir):
     from conftest import shared_synthetic
+
     from fbench.flame import load_flame
 
     return shared_synthetic(tmp_path_factory, "affectnet", load_flame(flame_dir), N, 0, 0).root

@@ -57,7 +57,7 @@ def _config(flame_dir, **kw):
 
 
 def test_world_option_writes_world_coordinates(mf_head, mf_world):
-    entity, head = _samples(mf_head)
+    _, head = _samples(mf_head)
     _, world = _samples(mf_world)
     for (vh, pose, _), (vw, pose_w, _) in zip(head, world):
         np.testing.assert_allclose(pose, pose_w)

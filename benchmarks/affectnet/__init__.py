@@ -40,7 +40,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks._common import check_failures, save_npz, write_config, write_csv, write_json
+from benchmarks._common import (
+    check_failures,
+    save_npz,
+    write_config,
+    write_csv,
+    write_json,
+)
 from benchmarks.affectnet.probe import N_CLASSES, ProbeConfig, train_probe
 from benchmarks.multiface.protocol import crop_for_method
 from fbench import metrics as M
@@ -48,7 +54,15 @@ from fbench.plugins import BenchmarkPlugin, ItemRef, Reconstructor
 from fbench.report import Table, plot_confusion_matrix, to_markdown
 from fbench.synth.files import atomic_write_text
 from fbench.synth.ground_truth import GROUND_TRUTH_FILE
-from pipelines.affectnet import CLASSES, CSV_FILES, IMAGE_DIRS, NOT_ANNOTATED, RowError, find_file, parse_row
+from pipelines.affectnet import (
+    CLASSES,
+    CSV_FILES,
+    IMAGE_DIRS,
+    NOT_ANNOTATED,
+    RowError,
+    find_file,
+    parse_row,
+)
 
 log = logging.getLogger(__name__)
 EMOTIONS = CLASSES[:N_CLASSES]

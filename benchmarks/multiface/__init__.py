@@ -34,7 +34,7 @@ import json
 import logging
 import shutil
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks._common import check_failures, save_npz, write_config, write_csv, write_json
+from benchmarks._common import (
+    check_failures,
+    save_npz,
+    write_config,
+    write_csv,
+    write_json,
+)
 from benchmarks.multiface import protocol, reader
 from fbench.flame import FlameParams, load_flame
 from fbench.metrics import distance_stats
