@@ -19,9 +19,9 @@ Both are `MethodPlugin`s with a config dataclass holding the dataset root (`data
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -23,6 +23,7 @@ FAST = dict(mlp_layers=2, mlp_dim=256, learning_rate=1e-3, max_epochs=60, patien
 @pytest.fixture(scope="session")
 def an_root(tmp_path_factory, flame_dir):
     from conftest import shared_synthetic
+
     from fbench.flame import load_flame
 
     return shared_synthetic(tmp_path_factory, "affectnet", load_flame(flame_dir), N, 0, 0).root
@@ -96,11 +97,65 @@ def test_bad_rows_skipped_and_features_cached(an_root, tmp_path):
     first = lines[1].split(",")[0]
     (root / "Manually_Annotated_Images" / first).write_bytes(b"\xff\xd8 not a jpeg")  # corrupt image
     lines[2] = lines[2][:60]  # malformed row (cut inside the landmarks)
+    fields = lines[3].split(",")
+    assert int(fields[6]) < 8 and float(fields[7]) != -2  # an emotion row with valence: make it "not annotated"
+    lines[3] = ",".join(fields[:7] + ["-2"] + fields[8:])
     val_csv.write_text("\n".join(lines) + "\n")
     method = _Counting(ORACLE.build(ReferenceConfig(data_root=str(root))))
     config = AffectNetConfig(method_name="oracle", **{**FAST, "max_epochs": 5})
     first_run = BENCHMARK.evaluate(method, root, tmp_path / "out", config)
     assert first_run["n_skipped"] == 2 and first_run["skipped"] == {"bad_row": 1, "bad_image": 1}
+    x = read_ground_truth(an_root).extras
+    invalid = int(((x["split"] == b"val") & ((x["expression"] >= 8) | (x["valence"] == -2))).sum())
+    assert first_run["dropped_invalid_labels"]["val"] == invalid + 1  # EMOCA drops valence -2 rows too
     seen = method.images
+    # The cached features are EMOCA's: the method's expression, then its jaw pose.
+    gt = read_ground_truth(root)
+    (chunk,) = (tmp_path / "out" / "cache").rglob("chunk-*.npz")
+    with np.load(chunk) as z:
+        keys, feats = list(z["keys"]), z["features"]
+    row = gt.paths.index(keys[0])
+    assert feats.shape[1] == gt.flame["expression"].shape[1] + 3
+    np.testing.assert_allclose(feats[0], np.r_[gt.flame["expression"][row], gt.flame["jaw"][row]], rtol=1e-5, atol=1e-6)
     second = BENCHMARK.evaluate(method, root, tmp_path / "out", config)
     assert method.images == seen and second["e_acc"] == first_run["e_acc"]  # cached features, fixed seeds
+
+
+def _write_shards(root, out, rows_per_split):
+    """Shards in `fbench prep affectnet`'s schema, cut from the raw layout around its CSV landmarks
+    (as prep does with annotation landmarks; detectors are not run here)."""
+    from fbench.landmarks.crop import crop_square, landmark_box, transform_points
+    from fbench.shards.schema import encode_jpeg, encode_sample
+    from fbench.shards.writer import ShardFile
+    from pipelines.affectnet import parse_row
+
+    for split, name in (("train", "training.csv"), ("val", "validation.csv")):
+        shard = ShardFile(out / "affectnet" / split / f"affectnet-{split}-000000.tar")
+        with open(root / "Manually_Annotated_file_lists" / name) as f:
+            for i, fields in enumerate(csv.DictReader(f)):
+                if i == rows_per_split:
+                    break
+                path, points, labels = parse_row(fields, "Manually_Annotated_Images")
+                from PIL import Image
+
+                image = np.asarray(Image.open(root / path).convert("RGB"))
+                crop = crop_square(image, landmark_box(points, 2.2), 448)
+                key = f"affectnet_{split}{i:05d}"
+                meta = {"dataset": "affectnet", "key": key, "split": split, "source_path": path, "labels": labels,
+                        "affine": crop.affine.tolist()}
+                shard.write(encode_sample(key, encode_jpeg(crop.image, 95), np.full((478, 3), np.nan),
+                                          transform_points(crop.affine, points), None, meta))
+        shard.commit()
+    return out / "affectnet"
+
+
+def test_shard_input_matches_the_raw_layout(an_root, tmp_path):
+    shards = _write_shards(an_root, tmp_path / "shards", 38)
+    oracle = ORACLE.build(ReferenceConfig(root=str(an_root)))
+    config = AffectNetConfig(method_name="oracle", limit=30, **{**FAST, "max_epochs": 5})
+    from_shards = BENCHMARK.evaluate(oracle, shards, tmp_path / "s", config)
+    from_raw = BENCHMARK.evaluate(oracle, an_root, tmp_path / "r", config)
+    assert from_shards["input"] == "shards" and from_raw["input"] == "raw"
+    assert from_shards["n_items"] == from_raw["n_items"] == 30 and from_shards["n_train"] == from_raw["n_train"]
+    for k in ("e_acc", "v_pcc", "a_ccc"):  # same rows, same features (the oracle ignores pixels), same seed
+        assert from_shards[k] == pytest.approx(from_raw[k], abs=1e-6)

@@ -104,8 +104,10 @@ def test_gather_results(tmp_path):
         d = tmp_path / "multiface" / method
         d.mkdir(parents=True)
         (d / "metrics.json").write_text(json.dumps({"benchmark": "multiface", "method": method, "synthetic": True,
-                                                    "mean_mm": mean, "n_items": 4, "per_subject": {"x": 1}}))
-        (d / "reference.json").write_text(json.dumps({"title": "SMIRK supp. Table 2", "rows": [{"method": "SMIRK", "mean_mm": 1.28}]}))
+                                                    "seconds": 3.0, "mean_mm": mean, "n_items": 4,
+                                                    "per_subject": {"x": 1}}))
+        (d / "reference.json").write_text(json.dumps({"title": "SMIRK supp. Table 2", "columns": ["mean_mm", "n_items"],
+                                                      "rows": [{"method": "SMIRK", "mean_mm": 1.28}]}))
     (tmp_path / "stray").mkdir()
     (tmp_path / "stray" / "metrics.json").write_text("{not json")
     tables = R.gather_results(tmp_path)

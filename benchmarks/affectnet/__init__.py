@@ -40,7 +40,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks._common import check_failures, save_npz, write_config, write_csv, write_json
+from benchmarks._common import (
+    check_failures,
+    save_npz,
+    write_config,
+    write_csv,
+    write_json,
+)
 from benchmarks.affectnet.probe import N_CLASSES, ProbeConfig, train_probe
 from benchmarks.multiface.protocol import crop_for_method
 from fbench import metrics as M
@@ -48,7 +54,15 @@ from fbench.plugins import BenchmarkPlugin, ItemRef, Reconstructor
 from fbench.report import Table, plot_confusion_matrix, to_markdown
 from fbench.io import atomic_write_text
 from fbench.synth.ground_truth import GROUND_TRUTH_FILE
-from pipelines.affectnet import CLASSES, CSV_FILES, IMAGE_DIRS, NOT_ANNOTATED, RowError, find_file, parse_row
+from pipelines.affectnet import (
+    CLASSES,
+    CSV_FILES,
+    IMAGE_DIRS,
+    NOT_ANNOTATED,
+    RowError,
+    find_file,
+    parse_row,
+)
 
 log = logging.getLogger(__name__)
 EMOTIONS = CLASSES[:N_CLASSES]
@@ -68,6 +82,7 @@ PUBLISHED_T6 = {
     "SMIRK emotion 2": (.44, .74, .59, .65, .61, .59, .66, .69, .62),
     "SMIRK emotion 5": (.60, .77, .63, .64, .58, .66, .59, .70, .65),
     "SMIRK emotion 10": (.47, .75, .56, .67, .64, .62, .63, .74, .64)}
+VA_COLUMNS = ["v_pcc", "v_ccc", "v_rmse", "v_sagr", "a_pcc", "a_ccc", "a_rmse", "a_sagr", "e_acc"]
 PUBLISHED_TITLE = "Published: SMIRK supplementary Tables 5 and 6 (real AffectNet validation; reference only)"
 
 
@@ -173,10 +188,21 @@ def _shard_rows(location: Path) -> Iterator[Row]:
                       load)
 
 
+def _shard_location(root: Path) -> Path | None:
+    """`root` or `root/affectnet` when it holds prepped shards (manifest.json, or .tar files one or two
+    levels down); None otherwise. Never walks the raw image tree."""
+    for place in (root, root / "affectnet"):
+        if (place / "manifest.json").is_file():
+            return place
+    if root.suffix == ".tar" or (root.is_dir() and (any(root.glob("*.tar")) or any(root.glob("*/*.tar")))):
+        return root
+    return None
+
+
 def _rows(root: Path, mode: str) -> tuple[Iterator[Row], str]:
-    has_shards = (root / "manifest.json").is_file() or root.suffix == ".tar" or (root.is_dir() and any(root.rglob("*.tar")))
-    if mode == "shards" or (mode == "auto" and has_shards):
-        return _shard_rows(root), "shards"
+    shards = _shard_location(root)
+    if mode == "shards" or (mode == "auto" and shards is not None):
+        return _shard_rows(shards or root), "shards"
     if mode in ("raw", "auto"):
         if not any(find_file(root, n) for n in CSV_FILES.values()):
             raise FileNotFoundError(f"{root}: neither AffectNet shards (manifest.json, *.tar) nor the raw layout "
@@ -296,8 +322,10 @@ def evaluate(method: Reconstructor, data_root: Path, out_dir: Path, config: Affe
                "seconds": round(time.time() - started, 1)}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)
-    write_json(out_dir / "reference.json", {"title": PUBLISHED_TITLE, "rows": PUBLISHED + [
-        {"method": f"{name}, Table 6", **{f"acc_{c}": v for c, v in zip(_T6, vals)}} for name, vals in PUBLISHED_T6.items()]})
+    write_json(out_dir / "reference.json", {
+        "title": PUBLISHED_TITLE, "columns": VA_COLUMNS + ["macro_acc", "n_items", "n_skipped"],
+        "rows": PUBLISHED + [{"method": f"{name} (Table 6)", "macro_acc": vals[-1]} for name, vals in PUBLISHED_T6.items()],
+        "per_class_rows": [{"method": name, **dict(zip(_T6, vals))} for name, vals in PUBLISHED_T6.items()]})
     keys = [r.key for r, g in zip(keep, val) if g]
     write_csv(out_dir / "per_item.csv", PER_ITEM_COLUMNS, [
         {"key": k, "label_expression": int(le), "pred_expression": int(pe), "label_valence": float(lv),
@@ -313,7 +341,7 @@ def evaluate(method: Reconstructor, data_root: Path, out_dir: Path, config: Affe
 
 def _tables(out_dir: Path, metrics: dict[str, Any], synthetic: bool) -> None:
     note = "Synthetic data: the published rows below are for orientation only and are not comparable." if synthetic else ""
-    va_cols = ["v_pcc", "v_ccc", "v_rmse", "v_sagr", "a_pcc", "a_ccc", "a_rmse", "a_sagr", "e_acc"]
+    va_cols = VA_COLUMNS
     t5 = Table("AffectNet valence/arousal and expression (EMOCA protocol)" + (" - synthetic data" if synthetic else ""),
                va_cols + ["n_items", "n_skipped"], rows=[{"method": metrics["method"], **metrics}],
                reference=PUBLISHED, reference_title="Published: SMIRK supplementary Table 5 (reference only)", note=note)

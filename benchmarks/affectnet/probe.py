@@ -35,6 +35,7 @@ On datasets smaller than one batch the batch shrinks to the training set.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from dataclasses import dataclass
 
@@ -66,7 +67,7 @@ class EmotionMLP(nn.Module):
         super().__init__()
         blocks: list[nn.Module] = []
         sizes = [in_size] + [dim] * layers
-        for a, b in zip(sizes[:-1], sizes[1:]):
+        for a, b in itertools.pairwise(sizes):
             blocks += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.LeakyReLU(0.2)]
         blocks.append(nn.Linear(sizes[-1], N_CLASSES + 2))
         self.net = nn.Sequential(*blocks)

@@ -25,7 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fbench.geometry import Mesh, read_mesh, read_multiface_bin, read_multiface_transform
+from fbench.geometry import (
+    Mesh,
+    read_mesh,
+    read_multiface_bin,
+    read_multiface_transform,
+)
 from fbench.synth.multiface import FRONTAL_CAMERA, SEGMENT, KrtCamera, Layout, parse_krt
 
 log = logging.getLogger(__name__)

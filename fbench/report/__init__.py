@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Table", "gather_results", "plot_confusion_matrix", "plot_cumulative_error", "to_csv", "to_latex",
-           "to_markdown", "write_tables"]
+__all__ = ["Table", "cumulative_curve", "gather_results", "plot_confusion_matrix", "plot_cumulative_error",
+           "save_figure", "to_csv", "to_latex", "to_markdown", "write_tables"]
 
 
 @dataclass
@@ -125,11 +125,12 @@ def _scalar(v: Any) -> bool:
 def gather_results(folder: str | Path) -> list[Table]:
     """One `Table` per benchmark from every metrics.json under `folder`.
 
-    A metrics.json must hold `benchmark` and `method`; its scalar top-level values become
-    columns (in first-seen order); nested values (per-subject, per-class) are left to the
-    per-benchmark report. Reference rows come from a `reference.json` beside any of that
-    benchmark's results (`{"title": ..., "rows": [{"method": ..., col: value}]}`). A benchmark
-    with any synthetic run gets "(synthetic data)" in its title.
+    A metrics.json must hold `benchmark` and `method`. The columns are the `columns` listed in a
+    `reference.json` beside any of that benchmark's results (`{"title": ..., "columns": [...],
+    "rows": [{"method": ..., col: value}]}`, written by the benchmark), else every scalar
+    top-level value (first-seen order); nested values (per-subject, per-class) are left to the
+    per-benchmark report; a missing or null value is a blank cell. A benchmark with any
+    synthetic run gets "(synthetic data)" in its title.
     """
     folder = Path(folder)
     found: dict[str, dict[str, Any]] = {}
@@ -143,7 +144,7 @@ def gather_results(folder: str | Path) -> list[Table]:
         for k, v in metrics.items():
             if _scalar(v) and k not in entry["columns"]:
                 entry["columns"].append(k)
-        entry["rows"].append({"method": str(method), **{k: v for k, v in metrics.items() if _scalar(v)}})
+        entry["rows"].append({"method": str(method), **{k: v for k, v in metrics.items() if _scalar(v) or v is None}})
         entry["synthetic"] |= bool(metrics.get("synthetic", False))
         ref = path.with_name("reference.json")
         if entry["reference"] is None and ref.is_file():
@@ -155,13 +156,14 @@ def gather_results(folder: str | Path) -> list[Table]:
         title = bench + (" (synthetic data)" if entry["synthetic"] else "")
         note = ("Results on synthetic data: the published rows are listed apart and are not comparable."
                 if entry["synthetic"] else "")
-        tables.append(Table(title=title, columns=entry["columns"], rows=sorted(entry["rows"], key=lambda r: r["method"]),
+        tables.append(Table(title=title, columns=list(ref.get("columns") or entry["columns"]), rows=sorted(entry["rows"], key=lambda r: r["method"]),
                             reference=list(ref.get("rows", [])), reference_title=ref.get("title", "Published (reference only)"),
                             note=note))
     return tables
 
 
-def _savefig(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure as PNG atomically (temp file + rename)."""
     import os
     import tempfile
 
@@ -203,7 +205,7 @@ def plot_cumulative_error(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], p
     if title:
         ax.set_title(title)
     try:
-        return _savefig(fig, Path(path))
+        return save_figure(fig, Path(path))
     finally:
         plt.close(fig)
 
@@ -231,6 +233,6 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
     if title:
         ax.set_title(title)
     try:
-        return _savefig(fig, Path(path))
+        return save_figure(fig, Path(path))
     finally:
         plt.close(fig)
