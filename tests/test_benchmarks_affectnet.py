@@ -151,7 +151,7 @@ def _write_shards(root, out, rows_per_split):
 
 def test_shard_input_matches_the_raw_layout(an_root, tmp_path):
     shards = _write_shards(an_root, tmp_path / "shards", 38)
-    oracle = ORACLE.build(ReferenceConfig(root=str(an_root)))
+    oracle = ORACLE.build(ReferenceConfig(data_root=str(an_root)))
     config = AffectNetConfig(method_name="oracle", limit=30, **{**FAST, "max_epochs": 5})
     from_shards = BENCHMARK.evaluate(oracle, shards, tmp_path / "s", config)
     from_raw = BENCHMARK.evaluate(oracle, an_root, tmp_path / "r", config)

@@ -53,6 +53,7 @@ from benchmarks._common import (
 from benchmarks.multiface import protocol, reader
 from fbench.flame import FlameParams, load_flame
 from fbench.metrics import distance_stats
+from fbench.landmarks.crop import crop_for_method
 from fbench.plugins import BenchmarkPlugin, ItemRef, Reconstructor
 from fbench.report import Table, cumulative_curve, plot_cumulative_error, to_markdown
 from fbench.synth.ground_truth import GROUND_TRUTH_FILE, read_ground_truth
@@ -288,12 +289,9 @@ def evaluate(method: Reconstructor, data_root: Path, out_dir: Path, config: Mult
                     continue
                 try:
                     fan = landmarks.get(ref, image, "fan")
-                    crop = protocol.crop_for_method(image, landmarks.get(ref, image, crop_kind), method.crop)
+                    crop = crop_for_method(image, landmarks.get(ref, image, crop_kind), method.crop)
                 except (KeyError, RuntimeError, ValueError) as exc:
                     record_skip(ref, f"no_landmarks: {exc}")
-                    continue
-                if crop is None:
-                    record_skip(ref, "no_landmarks: too few points for the crop")
                     continue
                 world = reader.to_world(vertices, pose, setup["reading"])
                 ready.append((ref, world, fan, crop[0]))

@@ -30,27 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from fbench.geometry import Similarity, icp, point_mesh_distance, umeyama
-from fbench.landmarks.crop import crop_square, landmark_box
-from fbench.plugins import CropSpec
 
 NOW_MASK_LANDMARKS = np.array([36, 39, 42, 45, 33])  # NoW's points 0-4 (landmarks_7_annotated.png) in FAN-68
 STATIC_LANDMARKS = np.arange(17, 68)  # FLAME's static landmarks (FlameOutput.landmarks[:, 17:])
 MIN_INIT_LANDMARKS = 6
 ICP_ATOL_MM = 1e-4  # ICP stops once the mean scan-to-surface distance is below this (an exact fit)
-
-
-def crop_for_method(image: np.ndarray, points: np.ndarray, spec: CropSpec) -> tuple[np.ndarray, np.ndarray] | None:
-    """The crop `spec` asks for around `points` (N, 2 pixels): float32 (size, size, 3) in [0, 1] and
-    the 2x3 affine source -> crop; None without enough finite points.
-
-    A local stand-in for `fbench.landmarks.crop.crop_for_method` (being added by another
-    branch); same geometry: `landmark_box` (SMIRK's crop_face) then `crop_square`.
-    """
-    box = landmark_box(points, spec.scale)
-    if box is None:
-        return None
-    crop = crop_square(image, box, spec.size)
-    return crop.image[..., :3].astype(np.float32) / 255.0, crop.affine
 
 
 def face_region(reference: np.ndarray, mask_points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:

@@ -193,8 +193,9 @@ def crop_for_method(image: np.ndarray, points: np.ndarray, spec) -> tuple[np.nda
 
     affine = method_crop_affine(points, spec.scale, spec.size)
     image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"crop_for_method needs an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"crop_for_method needs an RGB(A) uint8 (H, W, 3|4) image, got {image.dtype} {image.shape}")
+    image = image[..., :3]  # an alpha channel is not part of the picture
     crop = cv2.warpAffine(image, affine, (spec.size, spec.size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return crop.astype(np.float32) * np.float32(1 / 255), affine
