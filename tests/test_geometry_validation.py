@@ -29,9 +29,9 @@ def _with(a: np.ndarray, index, value) -> np.ndarray:
 @pytest.mark.parametrize(("src", "dst", "weights", "match"), [
     (_with(SRC, (2, 1), np.nan), DST, None, "NaN or infinite"),
     (SRC, _with(DST, (0, 0), np.inf), None, "NaN or infinite"),
-    (SRC, DST[:5], None, r"both be \(N, 3\), got \(6, 3\) and \(5, 3\)"),
-    (SRC[:, :2], DST[:, :2], None, r"both be \(N, 3\)"),
-    (SRC[None], DST[None], None, r"both be \(N, 3\)"),
+    (SRC, DST[:5], None, r"both be \(N, 2\) or \(N, 3\), got \(6, 3\) and \(5, 3\)"),
+    (np.c_[SRC, SRC[:, :1]], np.c_[DST, DST[:, :1]], None, r"both be \(N, 2\) or \(N, 3\)"),  # 4D points
+    (SRC[None], DST[None], None, r"both be \(N, 2\) or \(N, 3\)"),
     (SRC, DST, np.ones(5), r"weights must be \(N,\) finite and non-negative"),
     (SRC, DST, _with(np.ones(6), 3, -0.5), "non-negative"),
     (SRC, DST, _with(np.ones(6), 1, np.nan), "finite"),
