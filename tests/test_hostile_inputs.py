@@ -1,0 +1,149 @@
+"""Hostile and degenerate inputs (issue 16): bounded memory and time, no hangs, clean errors.
+
+Each test reproduces one way a small crafted input used to exhaust memory, hang a run or end in
+a traceback; where the failure is resource exhaustion the work runs under a time limit (and, in
+a subprocess, an address-space cap) so a regression fails instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fbench.shards.media import InputError, read_image
+from fbench.safe_read import MAX_IMAGE_PIXELS, FileRefusedError, decode_image, read_regular_file
+
+
+def png_bytes(width: int, height: int, rows: int | None = None) -> bytes:
+    """A grey 8-bit PNG of `width` x `height` black pixels (compressed: a bomb is a few hundred KB).
+    `rows`: write only the first rows of pixel data (a header that promises more than the file holds)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    comp = zlib.compressobj(9)
+    row = b"\0" * (width + 1)
+    body = b"".join(comp.compress(row) for _ in range(height if rows is None else rows)) + comp.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def within(seconds: float, fn, *args):
+    """fn(*args) in a thread; fails the test (instead of hanging it) when it does not return in time."""
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["value"] = fn(*args)
+        except BaseException as exc:  # handed back to the test
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{getattr(fn, '__name__', fn)} still running after {seconds} s (blocked?)"
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def pipeline_command(name: str):
+    """The click command of a pipeline, straight from its module (independent of installed entry points)."""
+    return importlib.import_module(f"pipelines.{name}").PIPELINE.command
+
+
+@pytest.fixture(scope="module")
+def affectnet_small(tmp_path_factory) -> Path:
+    from fbench.synth import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("affectnet-hostile") / "AffectNet"
+    write_synthetic_dataset("affectnet", root, n=4, seed=0)
+    return root
+
+
+def affectnet_images(root: Path) -> list[Path]:
+    return sorted((root / "Manually_Annotated_Images").rglob("*.jpg"))
+
+
+# ------------------------------------------------------------------------- 1. decompression bombs
+
+
+def test_image_bomb_is_refused_from_its_header() -> None:
+    bomb = png_bytes(10_000, 10_000)  # 100 MP > the 64 MP default: 300 MB as RGB, ~100 KB on disk
+    assert len(bomb) < 200_000 and 10_000 * 10_000 > MAX_IMAGE_PIXELS
+    with pytest.raises(FileRefusedError, match=r"10000 x 10000 pixels, more than the limit"):
+        decode_image(bomb, "bomb.png")
+    # The 30000 x 30000 header of the report, with only a sliver of data: refused before any decoding.
+    with pytest.raises(FileRefusedError, match=r"30000 x 30000 pixels"):
+        within(5, decode_image, png_bytes(30_000, 30_000, rows=2), "huge.png")
+    # A real image below the limit still decodes, and the limit is configurable.
+    assert decode_image(png_bytes(40, 30), "small.png").shape == (30, 40, 3)
+    os.environ["FBENCH_MAX_IMAGE_PIXELS"] = "1000"
+    try:
+        with pytest.raises(FileRefusedError, match="limit of 1000"):
+            decode_image(png_bytes(40, 30), "small.png")
+    finally:
+        del os.environ["FBENCH_MAX_IMAGE_PIXELS"]
+
+
+def test_image_bomb_in_a_dataset_is_a_reject(affectnet_small, tmp_path) -> None:
+    root = tmp_path / "AffectNet"
+    shutil.copytree(affectnet_small, root)
+    bomb = affectnet_images(root)[0]
+    bomb.write_bytes(png_bytes(10_000, 10_000))  # named .jpg: decoders go by content
+    result = CliRunner().invoke(pipeline_command("affectnet"), ["--root", str(root), "--out", str(tmp_path / "out"),
+                                                                "--landmarks", "annotations", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rejects = (tmp_path / "out" / "affectnet" / "rejects.jsonl").read_text()
+    assert "pixels, more than the limit" in rejects and bomb.name in rejects and "unexpected" not in rejects
+
+
+# ------------------------------------------------------------------------------ 2. non-regular files
+
+
+def test_links_to_devices_and_fifos_are_refused_without_blocking(tmp_path) -> None:
+    zero = tmp_path / "zero.jpg"
+    zero.symlink_to("/dev/zero")
+    with pytest.raises(InputError, match=r"zero.jpg: a character device \(links to /dev/zero\)"):
+        within(5, read_image, zero)
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="fifo.jpg: a FIFO"):
+        within(5, read_image, fifo)
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * 1000)
+    with pytest.raises(FileRefusedError, match="1000 bytes, more than the limit of 999"):
+        read_regular_file(big, max_bytes=999)
+    assert read_regular_file(big, max_bytes=1000) == b"x" * 1000
+    from fbench.shards.media import iter_video_frames
+
+    video_fifo = tmp_path / "clip.mp4"
+    os.mkfifo(video_fifo)
+    with pytest.raises(InputError, match="clip.mp4: a FIFO"):
+        within(5, lambda: list(iter_video_frames(video_fifo)))
+
+
+def test_fifo_and_device_link_in_a_dataset_are_rejects(affectnet_small, tmp_path) -> None:
+    root = tmp_path / "AffectNet"
+    shutil.copytree(affectnet_small, root)
+    images = affectnet_images(root)
+    images[0].unlink()
+    images[0].symlink_to("/dev/zero")
+    images[1].unlink()
+    os.mkfifo(images[1])
+    out = tmp_path / "out"
+    result = within(60, CliRunner().invoke, pipeline_command("affectnet"),
+                    ["--root", str(root), "--out", str(out), "--landmarks", "annotations", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rejects = (out / "affectnet" / "rejects.jsonl").read_text()
+    assert "a character device" in rejects and "a FIFO" in rejects
+    assert "2 samples" in result.output and "2 rejects" in result.output
+    assert not list(out.rglob("*.tmp"))
