@@ -147,3 +147,109 @@ def test_fifo_and_device_link_in_a_dataset_are_rejects(affectnet_small, tmp_path
     assert "a character device" in rejects and "a FIFO" in rejects
     assert "2 samples" in result.output and "2 rejects" in result.output
     assert not list(out.rglob("*.tmp"))
+
+
+# --------------------------------------------------------------- 3. pickle amplification (FLAME files)
+
+
+def run_capped(code: str, limit_mb: int = 1024, timeout: float = 60) -> tuple[int, str]:
+    """Run `code` in a fresh interpreter under an address-space cap and a time limit: (exit code, output).
+    Exit code -1: killed by the time limit."""
+    import resource
+    import subprocess
+    import sys
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OPENBLAS_NUM_THREADS": "1",
+           "OMP_NUM_THREADS": "1"}
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                              preexec_fn=cap, env=env)
+    except subprocess.TimeoutExpired:
+        return -1, "timed out"
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+class _Reduce:
+    """Pickles as `func(*args)`: a crafted file naming only allow-listed callables."""
+
+    def __init__(self, func, *args) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def shared_lists(depth: int) -> bytes:
+    """Nested lists that share each level twice: `depth` levels are 2**depth paths but ~10 bytes each."""
+    import pickle
+
+    node: list = []
+    for _ in range(depth):
+        node = [node, node]
+    return pickle.dumps({"f": node}, protocol=2)
+
+
+def bombs() -> dict[str, bytes]:
+    import pickle
+
+    return {
+        "shared": shared_lists(40),
+        "bytearray": pickle.dumps(_Reduce(bytearray, 1 << 31), protocol=2),
+        "zero_stride": pickle.dumps({"face": _Reduce(np.ndarray, (1 << 29,), np.dtype(np.int64), b"\0" * 8, 0, (0,))},
+                                    protocol=2),
+        "reconstruct": pickle.dumps(_Reduce(np.core.multiarray._reconstruct, np.ndarray, (1 << 40,), b"f"), protocol=2),
+    }
+
+
+@pytest.mark.parametrize("kind", ["shared", "bytearray", "zero_stride", "reconstruct"])
+def test_small_pickles_cannot_allocate_or_loop(kind, tmp_path) -> None:
+    path = tmp_path / "generic_model.pkl"
+    path.write_bytes(bombs()[kind])
+    assert path.stat().st_size < 600
+    code = ("import sys, time\nfrom fbench.safe_pickle import UnsafePickleError, safe_load_pickle\nt = time.time()\n"
+            f"try:\n    value = safe_load_pickle({str(path)!r})\n"
+            "except UnsafePickleError as exc:\n    print('REFUSED', exc)\nelse:\n    print('LOADED', type(value))\n"
+            "print('seconds', time.time() - t)\n")
+    rc, output = run_capped(code, limit_mb=1024, timeout=30)
+    assert rc == 0, output[-2000:]
+    seconds = float(output.split("seconds")[-1])
+    assert seconds < 2, output
+    if kind == "shared":  # legitimate sharing loads, once per object
+        assert "LOADED <class 'dict'>" in output
+    else:
+        assert "REFUSED" in output, output
+
+
+def test_cyclic_pickle_is_refused() -> None:
+    import io
+    import pickle
+
+    from fbench.safe_pickle import UnsafePickleError, safe_load
+
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(UnsafePickleError, match="contains itself"):
+        safe_load(io.BytesIO(pickle.dumps({"f": loop}, protocol=2)))
+
+
+@pytest.mark.parametrize("problem, message", [("empty", "is empty"), ("repeated", "repeats 2 vertex"),
+                                              ("outside", "indices outside"), ("float", "not an array of vertex")])
+def test_decoded_masks_are_validated(problem, message, flame_dir, tmp_path) -> None:
+    import pickle
+
+    from fbench.flame import FlameFileError, load_flame_assets
+    from fbench.safe_pickle import safe_load_pickle
+
+    flame = tmp_path / "flame"
+    shutil.copytree(flame_dir, flame)
+    masks_file = next(p for p in flame.rglob("FLAME_masks.pkl"))
+    masks = safe_load_pickle(masks_file)
+    face = np.asarray(masks["face"])
+    masks["face"] = {"empty": face[:0], "repeated": np.concatenate([face, face[:2]]),
+                     "outside": np.append(face, 10 ** 6), "float": face + 0.5}[problem]
+    masks_file.write_bytes(pickle.dumps(masks, protocol=2))
+    with pytest.raises(FlameFileError, match=f"FLAME_masks.pkl: mask 'face' .*{message}|'face' has {message}"):
+        load_flame_assets(flame)
