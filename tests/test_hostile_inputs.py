@@ -253,3 +253,55 @@ def test_decoded_masks_are_validated(problem, message, flame_dir, tmp_path) -> N
     masks_file.write_bytes(pickle.dumps(masks, protocol=2))
     with pytest.raises(FlameFileError, match=f"FLAME_masks.pkl: mask 'face' .*{message}|'face' has {message}"):
         load_flame_assets(flame)
+
+
+# ------------------------------------------------------------------------- 5. one run per output part
+
+
+def test_second_prep_on_the_same_part_refuses_naming_the_holder(affectnet_small, tmp_path) -> None:
+    import socket
+
+    from fbench.lock import output_lock
+    from fbench.shards.prep import PrepConfig, PrepError, lock_path, run_prep
+    from fbench.landmarks.annotate import LandmarkConfig
+    from pipelines.affectnet import AffectNetSource
+
+    out = tmp_path / "out"
+    config = PrepConfig(root=affectnet_small, out=out, landmarks=LandmarkConfig(landmarks="annotations"),
+                        progress=False)
+    with output_lock(lock_path(out / "affectnet", (0, 1)), "a run in progress"):
+        with pytest.raises(PrepError, match=rf"part 0/1\) is being written by another run \(host "
+                                            rf"{socket.gethostname()}, pid {os.getpid()}, started "):
+            run_prep(AffectNetSource(), config)
+        # Another part of a job array is not blocked by it (it runs, no PrepError).
+        run_prep(AffectNetSource(), PrepConfig(root=affectnet_small, out=out, part=(1, 2), progress=False,
+                                               landmarks=LandmarkConfig(landmarks="annotations")))
+    assert run_prep(AffectNetSource(), config).counts["samples"] == 4  # released: runs now
+
+
+def test_lock_of_a_killed_run_is_taken_over(affectnet_small, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from fbench.shards.prep import lock_path
+
+    out = tmp_path / "out"
+    lock = lock_path(out / "affectnet", (0, 1))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom fbench.lock import output_lock\n"
+                               f"with output_lock({str(lock)!r}, 'x'):\n    print('held', flush=True)\n"
+                               "    time.sleep(60)\n"],
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        busy = CliRunner().invoke(pipeline_command("affectnet"), ["--root", str(affectnet_small), "--out", str(out),
+                                                                  "--landmarks", "annotations", "--no-progress"])
+        assert busy.exit_code != 0 and f"pid {holder.pid}" in busy.output and "Traceback" not in busy.output
+    finally:
+        holder.kill()  # kill -9: the lock file still names it, but nothing holds the lock
+        holder.wait()
+    assert f'"pid": {holder.pid}' in lock.read_text()
+    result = CliRunner().invoke(pipeline_command("affectnet"), ["--root", str(affectnet_small), "--out", str(out),
+                                                                "--landmarks", "annotations", "--no-progress"])
+    assert result.exit_code == 0 and "4 samples" in result.output, result.output
+    assert lock.read_text() == ""  # released cleanly

@@ -216,16 +216,35 @@ def _mp_context(method: str, start: bool = False):
     return ctx
 
 
+def lock_path(dataset_dir: Path, part: tuple[int, int]) -> Path:
+    """The lock of one part of a prep output: parts of a job array run in parallel, two runs of
+    the same part do not (see fbench.lock)."""
+    return dataset_dir / STATE_DIR / f"lock.part-{part[0]}-of-{part[1]}"
+
+
 def run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
-    """Prep one dataset (or one part of it) into shards; resumes where an earlier run stopped."""
+    """Prep one dataset (or one part of it) into shards; resumes where an earlier run stopped.
+    Holds the output part's lock throughout: a second run of the same part refuses (PrepError)."""
+    from fbench.lock import LockHeldError, output_lock
+
+    dataset_dir = config.out / check_dataset_name(source.name)
+    if not config.root.is_dir():
+        raise PrepError(f"dataset root {config.root} is not a directory")
+    i, n = config.part
+    try:
+        with output_lock(lock_path(dataset_dir, config.part), f"prep output {dataset_dir} (part {i}/{n})"):
+            return _run_prep(source, config)
+    except LockHeldError as exc:
+        raise PrepError(str(exc)) from None
+
+
+def _run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
     from tqdm import tqdm
 
     from fbench.shards.manifest import build_manifest, manifest_names
 
     started = time.perf_counter()
     dataset = check_dataset_name(source.name)
-    if not config.root.is_dir():
-        raise PrepError(f"dataset root {config.root} is not a directory")
     landmarks, sources = resolve_landmarks(config.landmarks)
     if config.workers > 1:
         _mp_context(config.start_method, start=True)
