@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fbench.checks import ConfigValueError, check_fields, limits
 from fbench.fitting.config import config_to_dict
 from fbench.fitting.runner import (
     DatasetError,
@@ -60,13 +61,19 @@ class Bp4dConfig:
     """Settings of ``fbench fit-flame bp4d`` (YAML keys; ``-o scan.identity_frames=4`` etc.)."""
 
     scan: ScanFitConfig = field(default_factory=ScanFitConfig)
-    stride: int = 1
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    stride: int = field(default=1, metadata=limits(ge=1))
+    tasks: list[str] = field(default_factory=lambda: list(TASKS), metadata=limits(nonempty=True))
     # Landmark file next to each scan, first existing pattern wins ({stem}: the scan's name without suffix).
     landmark_patterns: list[str] = field(default_factory=lambda: ["{stem}_lmk3d.txt", "{stem}.bnd", "{stem}.lm3",
                                                                   "{stem}_landmarks.txt"])
     # For files with another point count (BP4D's 83-point scheme): pairs [file index, iBUG-68 index].
     landmark_map: list[list[int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for pair in self.landmark_map:
+            if len(pair) != 2 or min(pair) < 0 or pair[1] >= 68:
+                raise ConfigValueError(f"landmark_map: {pair!r} is not a pair [file index >= 0, iBUG-68 index 0..67]")
 
 
 @dataclass(frozen=True)

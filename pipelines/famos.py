@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fbench.checks import check_fields, limits
 from fbench.fitting.config import config_to_dict
 from fbench.fitting.fast_flame import FittingFlame
 from fbench.fitting.flame_ops import Layout
@@ -72,9 +73,13 @@ class FamosConfig:
     """Settings of ``fbench fit-flame famos`` (YAML keys; ``-o registration.batch_size=32`` etc.)."""
 
     registration: RegistrationFitConfig = field(default_factory=RegistrationFitConfig)
-    stride: int = 10  # SMIRK: every 10th frame
-    sequences: list[str] = field(default_factory=lambda: list(SMIRK_SEQUENCES))  # ["all"] for every sequence
+    stride: int = field(default=10, metadata=limits(ge=1))  # SMIRK: every 10th frame
+    sequences: list[str] = field(default_factory=lambda: list(SMIRK_SEQUENCES),
+                                 metadata=limits(nonempty=True))  # ["all"] for every sequence
     neutral_from: Literal["all", "fitted"] = "all"  # sequences whose first frame is a neutral frame
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)

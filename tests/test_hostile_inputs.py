@@ -305,3 +305,76 @@ def test_lock_of_a_killed_run_is_taken_over(affectnet_small, tmp_path) -> None:
                                                                 "--landmarks", "annotations", "--no-progress"])
     assert result.exit_code == 0 and "4 samples" in result.output, result.output
     assert lock.read_text() == ""  # released cleanly
+
+
+# --------------------------------------------------------- 7. config values checked, all-failed runs
+
+
+def broken_famos(root: Path) -> Path:
+    """A FaMoS layout whose every registration is unreadable (text, not PLY)."""
+    for seq in ("jaw", "kissing"):
+        for frame in range(3):
+            path = root / "FaMoS_subject_001" / seq / f"{seq}.{frame:06d}.ply"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("not a mesh\n")
+    return root
+
+
+@pytest.mark.parametrize("override, message", [
+    ("registration.batch_size=-5", "registration.batch_size: must be >= 1, got -5"),
+    ("registration.lbfgs.armijo=1.5", "registration.lbfgs.armijo: must be < 1, got 1.5"),
+    ("registration.priors.jaw=.nan", "registration.priors.jaw: must be a finite number"),
+    ("stride=0", "stride: must be >= 1, got 0"),
+    ("sequences=[]", "sequences: must not be empty"),
+])
+def test_fit_config_values_are_checked_with_the_key_named(override, message, tmp_path) -> None:
+    from pipelines.famos import command
+
+    result = CliRunner().invoke(command, ["--root", str(broken_famos(tmp_path / "FaMoS")), "--out",
+                                          str(tmp_path / "out"), "--no-progress", "-o", override])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out" / "fits.h5").exists()
+
+
+def test_bp4d_config_values_are_checked() -> None:
+    from fbench.fitting.config import ConfigError, load_config
+    from pipelines.bp4d import Bp4dConfig
+
+    for override, message in (("scan.batch_size=0", "scan.batch_size: must be >= 1"),
+                              ("scan.robust_sigma_mm=-1", "scan.robust_sigma_mm: must be > 0"),
+                              ("scan.min_landmarks=2", "scan.min_landmarks: must be >= 3"),
+                              ("landmark_map=[[3]]", "landmark_map: [3] is not a pair")):
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            load_config(Bp4dConfig, None, [override])
+
+
+def test_fit_run_where_every_frame_fails_exits_non_zero(flame_dir, tmp_path) -> None:
+    from pipelines.famos import command
+
+    result = CliRunner().invoke(command, ["--root", str(broken_famos(tmp_path / "FaMoS")), "--out",
+                                          str(tmp_path / "out"), "--flame", str(flame_dir), "--no-progress",
+                                          "--sequences", "jaw,kissing", "--stride", "1"])
+    assert result.exit_code == 1, result.output
+    assert "every frame failed (6)" in result.output and "Traceback" not in result.output
+
+
+def test_second_fit_on_the_same_out_refuses(tmp_path) -> None:
+    from fbench.fitting.runner import FIT_LOCK
+    from fbench.lock import output_lock
+    from pipelines.famos import command
+
+    out = tmp_path / "out"
+    with output_lock(out / FIT_LOCK, "a fit in progress"):
+        result = CliRunner().invoke(command, ["--root", str(broken_famos(tmp_path / "FaMoS")), "--out", str(out),
+                                              "--no-progress"])
+    assert result.exit_code == 1 and f"pid {os.getpid()}" in result.output and "is being written" in result.output
+
+
+def test_prep_run_where_every_input_is_rejected_exits_non_zero(affectnet_small, tmp_path) -> None:
+    root = tmp_path / "AffectNet"
+    shutil.copytree(affectnet_small, root)
+    for image in affectnet_images(root):
+        image.write_bytes(b"not an image")
+    result = CliRunner().invoke(pipeline_command("affectnet"), ["--root", str(root), "--out", str(tmp_path / "out"),
+                                                                "--landmarks", "annotations", "--no-progress"])
+    assert result.exit_code == 1 and "every input was rejected (4)" in result.output, result.output

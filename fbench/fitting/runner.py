@@ -16,6 +16,7 @@ from fbench.fitting.config import ConfigError, load_config
 from fbench.fitting.store import FitStore, UnsafeNameError, export_templates, format_summary, read_fits
 
 log = logging.getLogger("fbench.fitting")
+FIT_LOCK = ".fit.lock"  # one fit-flame run per --out (fbench.lock)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,9 @@ def finish(store: FitStore, export_dir: Path | None) -> None:
     n_failed = len(store.failures)
     click.echo(f"fits: {path}" + (f"; {n_failed} frame(s) failed, see {store.out / 'failures.jsonl'}"
                                   if n_failed else ""))
+    if n_failed and not sum(r.get("frames", 0) for r in rows):
+        raise click.ClickException(f"every frame failed ({n_failed}), e.g. {store.failures[0].get('reason')}; "
+                                   f"see {store.out / 'failures.jsonl'}")
     if export_dir is not None:
         fits, _, _ = read_fits(path)
         count = export_templates(fits, export_dir)
@@ -111,8 +115,12 @@ def guarded(fn: Callable) -> Callable:
     """Turn expected user-facing errors into click errors (no traceback)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from fbench.lock import LockHeldError, output_lock
+
         try:
-            return fn(*args, **kwargs)
-        except (DatasetError, UnsafeNameError, ConfigError, FileNotFoundError, NotADirectoryError) as exc:
+            with output_lock(Path(kwargs["out"]) / FIT_LOCK, f"fit output {kwargs['out']}"):
+                return fn(*args, **kwargs)
+        except (DatasetError, UnsafeNameError, ConfigError, FileNotFoundError, NotADirectoryError,
+                LockHeldError) as exc:
             raise click.ClickException(str(exc)) from exc
     return wrapper

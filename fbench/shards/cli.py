@@ -116,6 +116,8 @@ def run_prep_command(source: DatasetSource, config) -> None:
         click.echo(f"WARNING: {c['unexpected_errors']} inputs failed with unexpected errors (see {result.rejects})",
                    err=True)
     click.echo(f"manifest: {result.manifest}\nrejects : {result.rejects}")
+    if c["inputs"] and not c["samples"]:
+        raise click.ClickException(f"every input was rejected ({c['rejects']}); the reasons are in {result.rejects}")
 
 
 def prep_command(source: DatasetSource, help: str | None = None,
