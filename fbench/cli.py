@@ -231,13 +231,17 @@ def flame_decode(params_path: Path, out: Path, flame: Path | None) -> None:
     from fbench.flame.params import load_params_npz
     from fbench.geometry import Mesh, write_mesh
 
+    from fbench.geometry.mesh import mesh_format
+
     model = load_flame_announced(flame)
     try:
+        mesh_format(out)
         params = load_params_npz(params_path)
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    with torch.no_grad():
-        vertices = model(params).vertices.numpy()
+        with torch.no_grad():
+            vertices = model(params).vertices.numpy()
+    except (FileNotFoundError, ValueError) as exc:  # MeshError is a ValueError
+        raise click.ClickException(str(exc) if str(params_path) in str(exc) or str(out) in str(exc)
+                                   else f"{params_path}: {exc}") from exc
     faces = model.faces.numpy()
     paths = [out] if len(vertices) == 1 else [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(len(vertices))]
     for path, verts in zip(paths, vertices):
@@ -276,9 +280,11 @@ def render(params_path: Path, out: Path, size: int, flame: Path | None) -> None:
 @click.argument("dataset", type=click.Choice(SYNTH_DATASETS))
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Dataset root to write (the layout of the real release).")
-@click.option("--n", "n", type=int, default=None, help="How many images/videos/subjects (dataset default if omitted).")
+@click.option("--n", "n", type=click.IntRange(min=1), default=None,
+              help="How many images/videos/subjects (dataset default if omitted).")
 @click.option("--seed", default=0, show_default=True, help="Random seed; the same seed writes the same dataset.")
-@click.option("--corrupt", default=0, show_default=True, help="Deliberately corrupt this many files (robustness tests).")
+@click.option("--corrupt", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Deliberately corrupt this many files (robustness tests).")
 @flame_option
 def synth(dataset: str, out: Path, n: int | None, seed: int, corrupt: int, flame: Path | None) -> None:
     """Write a miniature DATASET in its real on-disk layout, with ground truth.
@@ -294,7 +300,10 @@ def synth(dataset: str, out: Path, n: int | None, seed: int, corrupt: int, flame
     from fbench.synth import write_synthetic_dataset
 
     model = load_flame_announced(flame)
-    result = write_synthetic_dataset(dataset, out, n=n, seed=seed, corrupt=corrupt, flame=model)
+    try:
+        result = write_synthetic_dataset(dataset, out, n=n, seed=seed, corrupt=corrupt, flame=model)
+    except ValueError as exc:  # e.g. --corrupt larger than what the dataset has
+        raise click.BadParameter(str(exc)) from exc
     click.echo(f"synthetic {dataset}: {result.summary()}")
 
 

@@ -378,3 +378,105 @@ def test_prep_run_where_every_input_is_rejected_exits_non_zero(affectnet_small, 
     result = CliRunner().invoke(pipeline_command("affectnet"), ["--root", str(root), "--out", str(tmp_path / "out"),
                                                                 "--landmarks", "annotations", "--no-progress"])
     assert result.exit_code == 1 and "every input was rejected (4)" in result.output, result.output
+
+
+# ----------------------------------------------------------- 9. bad arguments: one line, no traceback
+
+
+def leaf_commands():
+    """(command line prefix, click command) for every fbench command, pipelines included."""
+    import click
+
+    from fbench.cli import PluginGroup, main
+
+    def walk(prefix, command):
+        if isinstance(command, click.Group) and not isinstance(command, PluginGroup):
+            for name, sub in sorted(command.commands.items()):
+                yield from walk(prefix + [name], sub)
+        elif not isinstance(command, click.Group):
+            yield prefix, command
+
+    yield from walk([], main)
+    for name in ("affectnet", "celeba", "ffhq", "lrs3", "mead"):
+        yield ["prep", name], pipeline_command(name)
+    for name in ("famos", "bp4d"):
+        yield ["fit-flame", name], pipeline_command(name)
+
+
+def bad_value(param) -> str | None:
+    import click
+
+    kind = param.type
+    if isinstance(kind, click.Choice):
+        return "no-such-choice"
+    if isinstance(kind, (click.types.IntParamType, click.types.FloatParamType)):
+        return "-5" if getattr(kind, "min", None) is not None else "not-a-number"
+    if isinstance(kind, click.Path) and kind.exists:
+        return "/no/such/path"
+    return None
+
+
+def no_traceback(command, args: list[str]) -> str:
+    result = CliRunner().invoke(command, args)
+    shown = " ".join(args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        f"{shown}: {type(result.exception).__name__}: {result.exception}"
+    assert "Traceback" not in result.output, f"{shown}:\n{result.output}"
+    return result.output
+
+
+def test_every_command_rejects_bad_options_without_a_traceback() -> None:
+    checked = 0
+    for prefix, command in leaf_commands():
+        assert no_traceback(command, ["--no-such-option"]).count("\n") <= 4, prefix
+        for param in command.params:
+            value = bad_value(param)
+            if value is not None and param.opts and param.opts[0].startswith("--"):
+                output = no_traceback(command, [param.opts[0], value])
+                assert "Error" in output, (prefix, param.opts[0], output)
+                checked += 1
+    assert checked > 50
+
+
+def test_commands_with_bad_inputs_fail_in_one_line(flame_dir, tmp_path) -> None:
+    from fbench.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    np.savez(tmp_path / "nan.npz", jaw=[np.nan, 0, 0])
+    np.savez(tmp_path / "wide.npz", shape=np.zeros(400))
+    np.savez(tmp_path / "ok.npz", jaw=[0.1, 0, 0])
+    (tmp_path / "text.npz").write_text("not an npz")
+    flame = ["--flame", str(flame_dir)]
+    cases = [
+        (["synth", "affectnet", "--out", str(tmp_path / "s"), "--n", "0"], "0 is not in the range"),
+        (["synth", "affectnet", "--out", str(tmp_path / "s"), "--n", "-5"], "-5 is not in the range"),
+        (["synth", "affectnet", "--out", str(tmp_path / "s"), "--n", "2", "--corrupt", "3", *flame], "--corrupt 3"),
+        (["synth", "affectnet", "--out", str(tmp_path / "s"), "--corrupt", "-1"], "-1 is not in the range"),
+        (["flame", "decode", "--params", str(tmp_path / "nan.npz"), "--out", str(tmp_path / "m.obj"), *flame],
+         "nan.npz: jaw contain(s) NaN"),
+        (["flame", "decode", "--params", str(tmp_path / "wide.npz"), "--out", str(tmp_path / "m.obj"), *flame],
+         "wide.npz: shape has 400 components but this FLAME model uses"),
+        (["flame", "decode", "--params", str(tmp_path / "ok.npz"), "--out", str(tmp_path / "m.xyz"), *flame],
+         "unsupported mesh format '.xyz'"),
+        (["flame", "decode", "--params", str(tmp_path / "text.npz"), "--out", str(tmp_path / "m.obj"), *flame],
+         "not a readable .npz"),
+        (["flame", "decode", "--params", str(tmp_path / "none.npz"), "--out", str(tmp_path / "m.obj"), *flame],
+         "no such parameter file"),
+        (["render", "--params", str(tmp_path / "nan.npz"), "--out", str(tmp_path / "f.png"), *flame], "NaN"),
+        (["flame", "info", "--flame", str(empty)], str(empty)),
+        (["assets", "check", "no-such-asset"], "no-such-asset"),
+        (["shards", "inspect", str(empty)], str(empty)),
+        (["shards", "merge-manifests", str(empty)], "no manifest.part"),
+    ]
+    for args, message in cases:
+        output = no_traceback(main, args)
+        assert message in output, (args, output)
+    for name in ("affectnet", "celeba", "ffhq", "lrs3", "mead"):
+        for extra, message in (([], "cannot list items"), (["--part", "5/2"], "0 <= i < N")):
+            output = no_traceback(pipeline_command(name), ["--root", str(empty), "--out", str(tmp_path / "o"),
+                                                           "--landmarks", "annotations", *extra])
+            assert message in output or "Error" in output, (name, output)
+    for name in ("famos", "bp4d"):
+        output = no_traceback(pipeline_command(name), ["--root", str(empty), "--out", str(tmp_path / "o"), *flame])
+        assert "Error" in output, (name, output)

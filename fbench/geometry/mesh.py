@@ -470,12 +470,17 @@ def read_mesh(path: PathLike, *, units: Units, require_faces: bool = True) -> Me
         raise MeshError("no such file", p)
     if p.stat().st_size == 0:
         raise MeshError("empty file", p)
-    suffix = p.suffix.lower()
-    if suffix == ".obj":
+    if mesh_format(p) == ".obj":
         return _read_obj(p, units, require_faces)
-    if suffix == ".ply":
-        return _read_ply(p, units, require_faces)
-    raise MeshError(f"unsupported mesh format {suffix!r} (use .obj or .ply)", p)
+    return _read_ply(p, units, require_faces)
+
+
+def mesh_format(path: PathLike) -> str:
+    """'.obj' or '.ply' from a path's suffix (case-insensitive); MeshError for anything else."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".obj", ".ply"):
+        raise MeshError(f"unsupported mesh format {suffix!r} (use .obj or .ply)", Path(path))
+    return suffix
 
 
 def write_mesh(path: PathLike, mesh: Mesh, *, binary: bool = True) -> None:
@@ -486,13 +491,10 @@ def write_mesh(path: PathLike, mesh: Mesh, *, binary: bool = True) -> None:
     stored by either format: keep track of them (OBJ gets a comment line).
     """
     p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix == ".obj":
+    if mesh_format(p) == ".obj":
         _write_obj(p, mesh)
-    elif suffix == ".ply":
-        _write_ply(p, mesh, binary)
     else:
-        raise MeshError(f"unsupported mesh format {suffix!r} (use .obj or .ply)", p)
+        _write_ply(p, mesh, binary)
 
 
 # ------------------------------------------------------------------------- MultiFace
