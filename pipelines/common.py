@@ -52,6 +52,19 @@ def bad_item(id: str, split: str, listing_file: str, reason: str) -> SourceItem:
     return SourceItem(id=id, split=split, path=listing_file, kind="image", labels={ERROR_LABEL: reason})
 
 
+def unlisted_items(files: Sequence[str], split_of, layout: str) -> list[SourceItem]:
+    """Rejects for input files found outside the dataset's layout (their names cannot become sample
+    keys), so samples + rejects = inputs holds: one per file, in the split `split_of(path)` gives,
+    with an id from a digest of the path (stable, unique, keyable whatever the name holds)."""
+    import hashlib
+
+    if files:
+        log.warning("%d file(s) outside the layout %s become rejects, e.g. %s", len(files), layout, files[0])
+    return [bad_item(f"unlisted-{hashlib.sha1(rel.encode()).hexdigest()[:16]}", split_of(rel), rel,
+                     f"{rel}: not in the layout {layout}; no sample key can be made from its path")
+            for rel in files]
+
+
 def is_bad(item: SourceItem) -> bool:
     return ERROR_LABEL in item.labels
 

@@ -480,3 +480,33 @@ def test_commands_with_bad_inputs_fail_in_one_line(flame_dir, tmp_path) -> None:
     for name in ("famos", "bp4d"):
         output = no_traceback(pipeline_command(name), ["--root", str(empty), "--out", str(tmp_path / "o"), *flame])
         assert "Error" in output, (name, output)
+
+
+# ------------------------------------------------- 10. video files whose names cannot become keys
+
+
+@pytest.mark.parametrize("dataset, good, odd", [
+    ("lrs3", ["trainval/spk01/00001.mp4", "test/spk02/00001.mp4"],
+     ["trainval/spk 01/00002.mp4", "trainval/spk01/clip.mp4", "test/stray.mp4", "pretrain/spk03/ü/00001.mp4"]),
+    ("mead", ["M003/video/front/happy/level_2/001.mp4"],
+     ["M003/video/sideways/happy/level_2/001.mp4", "M003/audio/happy/level_2/001.mp4",
+      "W021/video/front/sad/level_9/002.mp4"]),
+])
+def test_unkeyable_video_names_are_rejects(dataset, good, odd, tmp_path) -> None:
+    from fbench.shards.prep import PrepConfig, run_prep
+    from fbench.landmarks.annotate import LandmarkConfig
+
+    root = tmp_path / dataset
+    for rel in good + odd:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")  # empty videos: the good ones become "cannot open" rejects
+    source = importlib.import_module(f"pipelines.{dataset}").PIPELINE.source
+    result = run_prep(source, PrepConfig(root=root, out=tmp_path / "out", progress=False,
+                                         landmarks=LandmarkConfig(landmarks="annotations")))
+    c = result.counts
+    assert c["inputs"] == len(good) + len(odd) and c["samples"] + c["rejects"] == c["inputs"]
+    from fbench.shards.manifest import read_rejects
+
+    reasons = {r["file"]: r["reason"] for r in read_rejects(result.rejects)}
+    for rel in odd:
+        assert reasons[rel].startswith(f"{rel}: not in the layout"), reasons
