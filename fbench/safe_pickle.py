@@ -61,12 +61,28 @@ def _sparse_class(fmt: str) -> type[_SparseMatrix]:
     return type(f"_Sparse_{fmt}", (_SparseMatrix,), {"fmt": fmt})
 
 
+def load_tensor_file(source: str | Path | BinaryIO, what: str | None = None, map_location: Any = "cpu") -> Any:
+    """`torch.load(source, weights_only=True)`: tensors, numbers, strings and plain containers only,
+    no code from the file runs. A refused file raises UnsafePickleError saying it was refused
+    because it is not a plain tensor file and what it names; torch's own message, which suggests
+    loading the file unsafely, is never passed on (fbench does not do that)."""
+    import re
+
+    import torch
+
+    what = what or str(source if isinstance(source, (str, Path)) else getattr(source, "name", "tensor file"))
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        named = re.search(r"GLOBAL ([\w.]+)", str(exc))  # torch's wording varies by version; the name does not
+        detail = f"it names {named[1]}" if named else "it holds objects other than tensors and plain containers"
+        raise UnsafePickleError(f"{what}: refused: not a plain tensor file ({detail})") from None
+
+
 def _load_storage_from_bytes(data: bytes) -> Any:
     # A torch tensor pickled with plain pickle keeps its storage as torch.save bytes
     # (torch.storage._load_from_bytes); read those with torch's own safe loader.
-    import torch
-
-    return torch.load(io.BytesIO(data), weights_only=True)
+    return load_tensor_file(io.BytesIO(data), "a tensor storage inside the pickle")
 
 
 def _numpy_attr(module: str, name: str) -> Any:

@@ -510,3 +510,45 @@ def test_unkeyable_video_names_are_rejects(dataset, good, odd, tmp_path) -> None
     reasons = {r["file"]: r["reason"] for r in read_rejects(result.rejects)}
     for rel in odd:
         assert reasons[rel].startswith(f"{rel}: not in the layout"), reasons
+
+
+# ------------------------------------------------------ 11. refused checkpoints: no unsafe advice
+
+
+class _System:
+    def __reduce__(self):
+        return os.system, ("echo pwned > /dev/null",)
+
+
+def test_refused_tensor_file_says_why_without_unsafe_advice(tmp_path) -> None:
+    import io
+    import pickle
+
+    import torch
+
+    from fbench.safe_pickle import UnsafePickleError, load_tensor_file, safe_load
+
+    checkpoint = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(2), "hook": _System()}, checkpoint)
+    with pytest.raises(UnsafePickleError) as refused:
+        load_tensor_file(checkpoint)
+    message = str(refused.value)
+    assert message == f"{checkpoint}: refused: not a plain tensor file (it names {os.system.__module__}.system)"
+    for advice in ("weights_only", "likely succeed", "unsafe", "trust", "add_safe_globals"):
+        assert advice not in message
+    assert load_tensor_file(io.BytesIO(_saved({"w": torch.ones(3)})))["w"].sum() == 3
+    # The same refusal when the tensor file is a storage inside a FLAME pickle.
+    storage = _Reduce(torch.storage._load_from_bytes, _saved(_System()))
+    with pytest.raises(UnsafePickleError, match="refused: not a plain tensor file") as inner:
+        safe_load(io.BytesIO(pickle.dumps({"v_template": storage}, protocol=2)))
+    assert "likely succeed" not in str(inner.value) and "weights_only" not in str(inner.value)
+
+
+def _saved(obj) -> bytes:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
