@@ -552,3 +552,49 @@ def _saved(obj) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
+
+
+# ------------------------------------------------------ 4. landmarks far outside the image (AffectNet)
+
+
+def test_face_boxes_mostly_outside_the_image_are_rejects(affectnet_small, tmp_path) -> None:
+    import csv
+    import time
+
+    root = tmp_path / "AffectNet"
+    shutil.copytree(affectnet_small, root)
+    listing = root / "Manually_Annotated_file_lists" / "training.csv"
+    rows = list(csv.reader(listing.read_text().splitlines()))
+    header, body = rows[0], rows[1:]
+    column = header.index("facial_landmarks")
+
+    def moved(row, fn):
+        xy = np.array([float(v) for v in row[column].split(";")]).reshape(-1, 2)
+        return row[:column] + [";".join(f"{v:.2f}" for v in fn(xy).reshape(-1))] + row[column + 1:]
+
+    far = body[0][0]
+    body[0] = moved(body[0], lambda xy: xy + 100_000.0)  # the whole face 100000 px away
+    spread = body[1][0]
+    body[1] = moved(body[1], lambda xy: (xy - xy.mean(0)) * 15 + xy.mean(0))  # a face 15x the image: a huge canvas
+    listing.write_text("\n".join(",".join(r) for r in [header, *body]) + "\n")
+    started = time.perf_counter()
+    result = CliRunner().invoke(pipeline_command("affectnet"), ["--root", str(root), "--out", str(tmp_path / "out"),
+                                                                "--landmarks", "annotations", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert time.perf_counter() - started < 30
+    from fbench.shards.manifest import read_rejects
+
+    reasons = {r["file"].split("/", 1)[-1]: r["reason"] for r in read_rejects(tmp_path / "out" / "affectnet" /
+                                                                               "rejects.jsonl")}
+    assert set(reasons) == {far, spread}, reasons
+    assert all("lies mostly outside" in r for r in reasons.values()), reasons
+    assert "2 samples" in result.output
+
+
+def test_inside_fraction() -> None:
+    from fbench.landmarks.crop import CropBox, inside_fraction
+
+    assert inside_fraction(CropBox(50, 50, 22), 100, 100, scale=2.2) == 1.0
+    assert inside_fraction(CropBox(0, 50, 10), 100, 100) == pytest.approx(0.5)
+    assert inside_fraction(CropBox(0, 0, 10), 100, 100) == pytest.approx(0.25)
+    assert inside_fraction(CropBox(1e5, 1e5, 10), 100, 100) == 0.0

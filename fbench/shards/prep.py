@@ -224,33 +224,19 @@ def lock_path(dataset_dir: Path, part: tuple[int, int]) -> Path:
 
 def run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
     """Prep one dataset (or one part of it) into shards; resumes where an earlier run stopped.
-    Holds the output part's lock throughout: a second run of the same part refuses (PrepError)."""
+    Lists and checks the items first (nothing written), then holds the output part's lock while
+    it writes: a second run of the same part refuses (PrepError naming the holder)."""
     from fbench.lock import LockHeldError, output_lock
-
-    dataset_dir = config.out / check_dataset_name(source.name)
-    if not config.root.is_dir():
-        raise PrepError(f"dataset root {config.root} is not a directory")
-    i, n = config.part
-    try:
-        with output_lock(lock_path(dataset_dir, config.part), f"prep output {dataset_dir} (part {i}/{n})"):
-            return _run_prep(source, config)
-    except LockHeldError as exc:
-        raise PrepError(str(exc)) from None
-
-
-def _run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
-    from tqdm import tqdm
-
-    from fbench.shards.manifest import build_manifest, manifest_names
 
     started = time.perf_counter()
     dataset = check_dataset_name(source.name)
+    if not config.root.is_dir():
+        raise PrepError(f"dataset root {config.root} is not a directory")
     landmarks, sources = resolve_landmarks(config.landmarks)
     if config.workers > 1:
         _mp_context(config.start_method, start=True)
     config = replace(config, landmarks=landmarks)
     dataset_dir = config.out / dataset
-    state_dir = dataset_dir / STATE_DIR
 
     try:
         grouped = select_items(source.items(config.root, config.options), source.splits, config.options)
@@ -262,6 +248,23 @@ def _run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
         check_unique_keys(dataset, grouped)
     except PlanError as exc:
         raise PrepError(str(exc)) from exc
+    i, n = config.part
+    try:
+        with output_lock(lock_path(dataset_dir, config.part), f"prep output {dataset_dir} (part {i}/{n})"):
+            return _write_shards(source, config, sources, grouped, started)
+    except LockHeldError as exc:
+        raise PrepError(str(exc)) from None
+
+
+def _write_shards(source: DatasetSource, config: PrepConfig, sources: dict[str, str | None],
+                  grouped: dict[str, list[SourceItem]], started: float) -> PrepResult:
+    from tqdm import tqdm
+
+    from fbench.shards.manifest import build_manifest, manifest_names
+
+    dataset, landmarks = source.name, config.landmarks
+    dataset_dir = config.out / dataset
+    state_dir = dataset_dir / STATE_DIR
     frames = count_video_frames(config.root, (i for items in grouped.values() for i in items),
                                 state_dir / "video-frames.json", config.progress)
     plan = plan_units(dataset, grouped, frames, config.frame_stride, config.maxcount)
