@@ -244,8 +244,13 @@ def flame_decode(params_path: Path, out: Path, flame: Path | None) -> None:
                                    else f"{params_path}: {exc}") from exc
     faces = model.faces.numpy()
     paths = [out] if len(vertices) == 1 else [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(len(vertices))]
-    for path, verts in zip(paths, vertices):
-        write_mesh(path, Mesh(vertices=verts, faces=faces, units="m"))
+    try:
+        for path, verts in zip(paths, vertices):
+            write_mesh(path, Mesh(vertices=verts, faces=faces, units="m"))
+    except OSError as exc:  # a read-only or full output folder (write_mesh leaves no partial file)
+        from fbench.faults import describe_os_error
+
+        raise click.ClickException(describe_os_error(exc, out)) from exc
     click.echo(f"wrote {len(paths)} mesh(es): {paths[0]}" + (f" ... {paths[-1]}" if len(paths) > 1 else ""))
 
 

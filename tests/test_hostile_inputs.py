@@ -598,3 +598,82 @@ def test_inside_fraction() -> None:
     assert inside_fraction(CropBox(0, 50, 10), 100, 100) == pytest.approx(0.5)
     assert inside_fraction(CropBox(0, 0, 10), 100, 100) == pytest.approx(0.25)
     assert inside_fraction(CropBox(1e5, 1e5, 10), 100, 100) == 0.0
+
+
+# ---------------------------------------------- 6. read-only or full output, stale temporaries
+
+
+def run_cli(code_args: list[str], fsize: int | None = None, timeout: float = 120) -> tuple[int, str]:
+    """Run a command line (`python -c ...` args) in a subprocess, optionally with a file size limit
+    (RLIMIT_FSIZE: writes beyond it fail with EFBIG, as on a full disk): (exit code, output)."""
+    import resource
+    import subprocess
+    import sys
+
+    def cap() -> None:
+        if fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", *code_args], capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=cap, env=env)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+PREP = "from pipelines.affectnet import PIPELINE; PIPELINE.command()"
+MAIN = "from fbench.cli import main; main()"
+
+
+def test_prep_into_a_full_or_unwritable_out_is_one_line(affectnet_small, tmp_path) -> None:
+    out = tmp_path / "out"
+    rc, output = run_cli([PREP, "--root", str(affectnet_small), "--out", str(out), "--landmarks", "annotations",
+                          "--no-progress"], fsize=20_000)
+    assert rc == 1 and "Traceback" not in output, output
+    assert "Error: " in output and "cannot write: file too large" in output and str(out) in output, output
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.tar"))
+    rc, output = run_cli([PREP, "--root", str(affectnet_small), "--out", "/sys/fbench-no-such-out",
+                          "--landmarks", "annotations", "--no-progress"])
+    assert rc == 1 and "Traceback" not in output and "Error: /sys/fbench-no-such-out" in output, output
+
+
+def test_flame_decode_into_a_full_out_is_one_line(flame_dir, tmp_path) -> None:
+    np.savez(tmp_path / "p.npz", jaw=[0.1, 0, 0])
+    rc, output = run_cli([MAIN, "flame", "decode", "--params", str(tmp_path / "p.npz"), "--out",
+                          str(tmp_path / "m.obj"), "--flame", str(flame_dir)], fsize=5_000)
+    assert rc == 1 and "Traceback" not in output and "m.obj" in output and "file too large" in output, output
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp")) and not (tmp_path / "m.obj").exists()
+
+
+def test_fit_into_a_full_out_is_one_line(flame_dir, tmp_path) -> None:
+    root = broken_famos(tmp_path / "FaMoS")
+    rc, output = run_cli(["from pipelines.famos import command; command()", "--root", str(root), "--out",
+                          str(tmp_path / "out"), "--flame", str(flame_dir), "--no-progress"], fsize=600)
+    assert rc == 1 and "Traceback" not in output and "file too large" in output, output
+
+
+def test_next_run_removes_its_own_stale_temporaries(affectnet_small, tmp_path) -> None:
+    out = tmp_path / "out"
+    folder = out / "affectnet"
+    left = [folder / "train" / "affectnet-train-000000.tar.tmp", folder / ".manifest.json.k2j4h1.tmp",
+            folder / ".prep" / "units" / ".train-000000.json.x8d9a.tmp"]
+    foreign = folder / "notes.tmp"  # not a name fbench writes: kept
+    for path in left + [foreign]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half written")
+    result = CliRunner().invoke(pipeline_command("affectnet"), ["--root", str(affectnet_small), "--out", str(out),
+                                                                "--landmarks", "annotations", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert not any(p.exists() for p in left) and foreign.exists()
+    from fbench.fitting.store import PARTS_DIR, stale_temporaries
+
+    fits = tmp_path / "fits"
+    fit_left = [fits / ".fits.h5.abc123.tmp", fits / ".summary.q1w2e3.tmp", fits / PARTS_DIR / "S1" / ".jaw.h5.zz.tmp"]
+    for path in fit_left:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half written")
+    assert stale_temporaries(fits) == sorted(fit_left)
+    from pipelines.famos import command
+
+    CliRunner().invoke(command, ["--root", str(broken_famos(tmp_path / "FaMoS")), "--out", str(fits),
+                                 "--no-progress", "-o", "stride=0"])  # refused config: the lock was taken first
+    assert not any(p.exists() for p in fit_left)

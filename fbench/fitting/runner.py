@@ -115,12 +115,18 @@ def guarded(fn: Callable) -> Callable:
     """Turn expected user-facing errors into click errors (no traceback)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from fbench.faults import describe_os_error, remove_stale
+        from fbench.fitting.store import stale_temporaries
         from fbench.lock import LockHeldError, output_lock
 
+        out = Path(kwargs["out"])
         try:
-            with output_lock(Path(kwargs["out"]) / FIT_LOCK, f"fit output {kwargs['out']}"):
+            with output_lock(out / FIT_LOCK, f"fit output {out}"):
+                remove_stale(stale_temporaries(out), f"fit-flame {out}")
                 return fn(*args, **kwargs)
         except (DatasetError, UnsafeNameError, ConfigError, FileNotFoundError, NotADirectoryError,
                 LockHeldError) as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:  # a read-only or full --out
+            raise click.ClickException(describe_os_error(exc, out)) from exc
     return wrapper

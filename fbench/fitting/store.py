@@ -88,16 +88,14 @@ class SequenceFit:
 
 
 def _atomic_h5(path: Path, fill) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            fill(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Build the HDF5 file in memory, then write it atomically with plain file I/O: HDF5 itself
+    writing into a full or read-only folder can crash the process instead of raising."""
+    from fbench.shards.io import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        fill(f)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _write_sequence(group: h5py.Group, fit: SequenceFit) -> None:
@@ -307,9 +305,23 @@ class FitStore:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
         path = self.out / SUMMARY_FILE
         fd, tmp = tempfile.mkstemp(prefix=".summary.", suffix=".tmp", dir=self.out)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(buffer.getvalue())
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(buffer.getvalue())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def stale_temporaries(out: str | Path) -> list[Path]:
+    """The temporaries a killed fit run leaves in its output folder: `.fits.h5.*.tmp`,
+    `.summary.*.tmp` and the parts' `.<name>.h5.*.tmp` (only these names: --out may hold other files)."""
+    out = Path(out)
+    found = list(out.glob(f".{FITS_FILE}.*.tmp")) + list(out.glob(".summary.*.tmp"))
+    if (out / PARTS_DIR).is_dir():
+        found += (out / PARTS_DIR).glob("*/.*.h5.*.tmp")
+    return sorted(found)
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:

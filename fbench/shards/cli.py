@@ -94,6 +94,7 @@ def config_from_options(filters: Mapping[str, tuple[str, ...]] | None = None, **
 
 def run_prep_command(source: DatasetSource, config) -> None:
     """Run a prep and print its summary; errors the user can fix become click errors."""
+    from fbench.faults import describe_os_error
     from fbench.landmarks.fan import FanUnavailable, missing_fan_files
     from fbench.shards.prep import PrepError, run_prep
 
@@ -106,6 +107,8 @@ def run_prep_command(source: DatasetSource, config) -> None:
         result = run_prep(source, config)
     except (PrepError, FanUnavailable, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # a read-only or full --out
+        raise click.ClickException(describe_os_error(exc, config.out)) from exc
     c = result.counts
     click.echo(f"{source.name}: {c['samples']} samples in {c['shards']} shards, {c['rejects']} rejects "
                f"({c['inputs']} inputs from {c['items']} items); MediaPipe {c['mp']}, FAN {c['fan']}, "

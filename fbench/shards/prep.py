@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fbench.faults import remove_stale
 from fbench.landmarks.annotate import LandmarkConfig
 from fbench.shards.io import atomic_write_json, atomic_write_lines, dumps_json, read_json
 from fbench.shards.keys import check_dataset_name
@@ -57,6 +58,7 @@ from fbench.shards.plan import Plan, PlanError, Unit, check_unique_keys, count_v
 from fbench.shards.schema import SCHEMA_VERSION
 from fbench.shards.source import DatasetSource, SourceItem, SourceOptions, select_items
 from fbench.shards.worker import UnitWorker, init_worker, overlap_for, run_unit
+from fbench.shards.writer import TMP_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +224,16 @@ def lock_path(dataset_dir: Path, part: tuple[int, int]) -> Path:
     return dataset_dir / STATE_DIR / f"lock.part-{part[0]}-of-{part[1]}"
 
 
+def stale_temporaries(dataset_dir: Path, dataset: str, units: list[Unit], names) -> list[Path]:
+    """Temporaries this part's writes leave when killed: its shards' `.tar.tmp`, its unit records'
+    and its manifest's atomic-write temporaries (`.<name>.*.tmp`). Other parts' are not touched."""
+    found = [dataset_dir / (u.shard_relpath(dataset) + TMP_SUFFIX) for u in units]
+    for folder, name in [(dataset_dir / STATE_DIR / "units", u.record_name()) for u in units] + \
+            [(dataset_dir, names.manifest), (dataset_dir, names.rejects)]:
+        found += folder.glob(f".{name}.*.tmp")
+    return found
+
+
 def run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
     """Prep one dataset (or one part of it) into shards; resumes where an earlier run stopped.
     Lists and checks the items first (nothing written), then holds the output part's lock while
@@ -285,6 +297,8 @@ def _write_shards(source: DatasetSource, config: PrepConfig, sources: dict[str, 
             records[(unit.split, unit.index)] = record
     todo = [u for u in mine if (u.split, u.index) not in records]
     skipped = len(mine) - len(todo)
+    names = manifest_names(config.part)
+    remove_stale(stale_temporaries(dataset_dir, dataset, mine, names), f"prep {dataset_dir}")
 
     def finished(unit: Unit, record: dict[str, Any]) -> None:
         record["identity"] = identity
@@ -302,7 +316,6 @@ def _write_shards(source: DatasetSource, config: PrepConfig, sources: dict[str, 
     finally:
         bar.close()
 
-    names = manifest_names(config.part)
     ordered = [records[(u.split, u.index)] for u in mine]
     manifest, rejects = build_manifest(dataset=dataset, config=config, sources=sources, versions=versions,
                                        identity=identity, splits=list(grouped), records=ordered,
