@@ -40,6 +40,7 @@ from fbench.fitting.runner import (
     load_flame_for_fitting,
     load_pipeline_config,
     residual_stats,
+    select_existing,
     split_list,
     strided,
 )
@@ -160,10 +161,11 @@ def fit_bp4d(root: Path, out: Path, flame: FLAME, config: Bp4dConfig, subjects: 
     store = FitStore(out, "bp4d", config_to_dict(config), source.describe() if source else str(flame.source),
                      bool(source.synthetic) if source else False)
     found = find_subjects(root)
-    chosen = found if not subjects else [s for s in subjects if s in found]
-    for s in set(subjects or []) - set(found):
-        log.warning("subject %s not found under %s", s, root)
+    chosen = select_existing(subjects, found, "subject", root)
     plan: dict[str, dict[str, list[ScanRef]]] = {}
+    existing = sorted({p.name for s in chosen for p in (root / s).iterdir() if p.is_dir()})
+    if config.tasks != list(TASKS):
+        select_existing(config.tasks, existing, "task", root)  # none of the asked tasks anywhere: an error
     for subject in chosen:
         scans = find_scans(root, subject, config.tasks, config.landmark_patterns)
         todo = {task: strided(refs, config.stride) for task, refs in scans.items()

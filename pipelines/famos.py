@@ -53,6 +53,7 @@ from fbench.fitting.runner import (
     guarded,
     load_flame_for_fitting,
     load_pipeline_config,
+    select_existing,
     split_list,
     strided,
 )
@@ -155,9 +156,7 @@ def fit_famos(root: Path, out: Path, flame: FLAME, config: FamosConfig, subjects
     found = find_subjects(root)
     if not found:
         raise DatasetError(f"{root}: no FaMoS registrations found (expected <subject>/<sequence>/<sequence>.<frame>.ply)")
-    chosen = found if not subjects else [s for s in subjects if s in found]
-    for s in set(subjects or []) - set(found):
-        log.warning("subject %s not found under %s", s, root)
+    chosen = select_existing(subjects, found, "subject", root)
     faces = flame.faces.cpu().numpy()
     want_all = [s.lower() for s in config.sequences] == ["all"]
 
@@ -165,8 +164,10 @@ def fit_famos(root: Path, out: Path, flame: FLAME, config: FamosConfig, subjects
     plan: dict[str, dict[str, list[FrameRef]]] = {}
     first_frames: dict[str, dict[str, FrameRef]] = {}
     total = 0
+    existing: set[str] = set()
     for subject in chosen:
         available = find_sequences(root, subject)
+        existing.update(available)
         selected = available if want_all else [s for s in config.sequences if s in available]
         missing = [] if want_all else [s for s in config.sequences if s not in available]
         if missing:
@@ -178,6 +179,8 @@ def fit_famos(root: Path, out: Path, flame: FLAME, config: FamosConfig, subjects
         if todo:
             plan[subject] = todo
             total += sum(len(v) for v in todo.values())
+    if not want_all:
+        select_existing(config.sequences, sorted(existing), "sequence", root)  # none of them anywhere: an error
     bar = tqdm(total=total, unit="frame", desc="famos", disable=not progress)
     for subject, todo in plan.items():
         try:

@@ -677,3 +677,33 @@ def test_next_run_removes_its_own_stale_temporaries(affectnet_small, tmp_path) -
     CliRunner().invoke(command, ["--root", str(broken_famos(tmp_path / "FaMoS")), "--out", str(fits),
                                  "--no-progress", "-o", "stride=0"])  # refused config: the lock was taken first
     assert not any(p.exists() for p in fit_left)
+
+
+# ------------------------------------------------- 8. an empty --subjects/--sequences selection
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--subjects", "nosuch"], "no subject nosuch; found 1: FaMoS_subject_001"),
+    (["--sequences", "nosuch,other"], "no sequence nosuch, other; found 2: jaw, kissing"),
+])
+def test_empty_fit_selection_is_an_error_listing_what_exists(args, message, flame_dir, tmp_path) -> None:
+    from pipelines.famos import command
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(command, ["--root", str(broken_famos(tmp_path / "FaMoS")), "--out", str(out),
+                                          "--flame", str(flame_dir), "--no-progress", *args])
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
+    assert not (out / "fits.h5").exists()
+
+
+def test_empty_bp4d_selection_is_an_error_listing_what_exists(flame_dir, tmp_path) -> None:
+    from pipelines.bp4d import command
+
+    root = tmp_path / "BP4D"
+    for task in ("T1", "T2"):
+        (root / "F001" / task).mkdir(parents=True)
+    for args, message in ((["--subjects", "M999"], "no subject M999; found 1: F001"),
+                          (["--tasks", "T7,T8"], "no task T7, T8; found 2: T1, T2")):
+        result = CliRunner().invoke(command, ["--root", str(root), "--out", str(tmp_path / "out"), "--flame",
+                                              str(flame_dir), "--no-progress", *args])
+        assert result.exit_code == 1 and message in result.output, result.output

@@ -111,6 +111,21 @@ class DatasetError(ValueError):
     """The dataset root does not look like the dataset (the message says what was expected)."""
 
 
+def select_existing(requested: list[str] | None, available: list[str], what: str, where: Path | str) -> list[str]:
+    """`available` when nothing is requested, else the requested names that exist (a warning for
+    each that does not); DatasetError listing what exists when none of them does."""
+    if not requested:
+        return list(available)
+    chosen = [name for name in requested if name in available]
+    if not chosen:
+        raise DatasetError(f"{where}: no {what} {', '.join(requested)}; found {len(available)}: "
+                           f"{', '.join(available) if available else '(none)'}")
+    for name in requested:
+        if name not in available:
+            log.warning("%s %s not found under %s", what, name, where)
+    return chosen
+
+
 def guarded(fn: Callable) -> Callable:
     """Turn expected user-facing errors into click errors (no traceback)."""
     @functools.wraps(fn)
