@@ -707,3 +707,22 @@ def test_empty_bp4d_selection_is_an_error_listing_what_exists(flame_dir, tmp_pat
         result = CliRunner().invoke(command, ["--root", str(root), "--out", str(tmp_path / "out"), "--flame",
                                               str(flame_dir), "--no-progress", *args])
         assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_scan_files_are_bounded_regular_files(tmp_path) -> None:
+    """Item 2 for meshes and scans: a link to a device is refused, and a PLY header that declares
+    far more elements than its bytes hold is refused before a reader sizes arrays by it."""
+    from fbench.geometry import MeshError, read_mesh
+
+    link = tmp_path / "scan.obj"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(MeshError, match=r"a character device \(links to /dev/zero\)"):
+        within(5, lambda: read_mesh(link, units="mm"))
+    bomb = tmp_path / "bomb.ply"
+    bomb.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 1000000000\nproperty float x\n"
+                     b"property float y\nproperty float z\nelement face 0\nproperty list uchar int vertex_indices\n"
+                     b"end_header\n" + b"\0" * 64)
+    code = ("from fbench.geometry import MeshError, read_mesh\n"
+            f"try:\n    read_mesh({str(bomb)!r}, units='mm')\nexcept MeshError as exc:\n    print('REFUSED', exc)\n")
+    rc, output = run_capped(code, limit_mb=3000, timeout=60)
+    assert rc == 0 and "REFUSED" in output and "header declares 1000000000 vertex elements" in output, output
