@@ -413,6 +413,8 @@ def bad_value(param) -> str | None:
         return "-5" if getattr(kind, "min", None) is not None else "not-a-number"
     if isinstance(kind, click.Path) and kind.exists:
         return "/no/such/path"
+    if getattr(param, "callback", None) is not None and isinstance(kind, click.types.StringParamType):
+        return "no-such-value,-5"  # validated by its callback (choices, i/N parts, lists)
     return None
 
 
