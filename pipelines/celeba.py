@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from fbench.safe_read import read_regular_file
 from fbench.shards import SourceItem, SourceOptions
 from pipelines.common import (Choice, PipelineSource, bad_item, build_plugin, filter_values, limit_per_split,
                               points_array, unique_keys)
@@ -74,7 +75,7 @@ def read_table(root: Path, rel: str, n_fields: int, has_header: bool, required: 
         if required:
             raise ValueError(f"{path}: missing; --root must be the CelebA root (with Img/, Anno/, Eval/)")
         return table
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = read_regular_file(path).decode("utf-8", errors="replace").splitlines()
     start = 0
     if has_header:
         if len(lines) < 2 or not INTEGER.match(lines[0].strip()):

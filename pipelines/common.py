@@ -23,6 +23,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import click
 import numpy as np
 
+from fbench.safe_read import check_regular_file
 from fbench.shards import InputError, MediaSource, SourceItem, SourceOptions, UnsafePathError, safe_key, safe_relpath
 from fbench.shards.cli import PREP_EXAMPLE, PrepPlugin, config_from_options, prep_options, run_prep_command
 
@@ -193,6 +194,7 @@ def read_landmark_table(path: Path, wanted: set[str] | None = None) -> dict[str,
     only looked up, never opened). `wanted`: keep only these paths (memory)."""
     import h5py
 
+    check_regular_file(path)  # a FIFO passed as the table must not block the run
     try:
         with h5py.File(path, "r") as f:
             missing = [c for c in ("path", "frame", "landmarks68") if c not in f]
