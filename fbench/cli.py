@@ -175,7 +175,8 @@ def flame_group() -> None:
 @flame_group.command("synth")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Directory to write the model files into.")
-@click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives identical files.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random seed; the same seed gives identical files.")
 def flame_synth(out: Path, seed: int) -> None:
     """Write the synthetic FLAME-format model (same files and formats as FLAME2020 + SMIRK assets).
 
@@ -259,7 +260,7 @@ def flame_decode(params_path: Path, out: Path, flame: Path | None) -> None:
               help="An .npz with FlameParams keys (missing keys zero; cam = SMIRK's scale, tx, ty).")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Output PNG; a batch writes one PNG per item with a _000 suffix.")
-@click.option("--size", default=224, show_default=True, help="Image side in pixels.")
+@click.option("--size", type=click.IntRange(16, 4096), default=224, show_default=True, help="Image side in pixels.")
 @flame_option
 def render(params_path: Path, out: Path, size: int, flame: Path | None) -> None:
     """Render FLAME parameters with SMIRK's renderer (grey, five lights, face region).
@@ -287,7 +288,8 @@ def render(params_path: Path, out: Path, size: int, flame: Path | None) -> None:
               help="Dataset root to write (the layout of the real release).")
 @click.option("--n", "n", type=click.IntRange(min=1), default=None,
               help="How many images/videos/subjects (dataset default if omitted).")
-@click.option("--seed", default=0, show_default=True, help="Random seed; the same seed writes the same dataset.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random seed; the same seed writes the same dataset.")
 @click.option("--corrupt", type=click.IntRange(min=0), default=0, show_default=True,
               help="Deliberately corrupt this many files (robustness tests).")
 @flame_option
