@@ -240,7 +240,8 @@ def _guard_reconstruct(u: SafeUnpickler, subtype: Any, shape: Any, dtype: Any) -
 
 def _guard_scalar(u: SafeUnpickler, dtype: Any, data: Any = None) -> Any:
     dtype = np.dtype(dtype)
-    if not dtype.hasobject and (not isinstance(data, (bytes, bytearray)) or len(data) < dtype.itemsize):
+    # Python 2 pickles hold the scalar's bytes as a str (read as latin-1; numpy accepts that too).
+    if not dtype.hasobject and (not isinstance(data, (bytes, bytearray, str)) or len(data) < dtype.itemsize):
         raise UnsafePickleError(f"numpy scalar of {dtype.itemsize} bytes without its data in the file: refused")
     return _numpy_attr("numpy.core.multiarray", "scalar")(dtype, *(() if data is None else (data,)))
 
