@@ -722,3 +722,16 @@ def test_scan_files_are_bounded_regular_files(tmp_path) -> None:
             f"try:\n    read_mesh({str(bomb)!r}, units='mm')\nexcept MeshError as exc:\n    print('REFUSED', exc)\n")
     rc, output = run_capped(code, limit_mb=3000, timeout=60)
     assert rc == 0 and "REFUSED" in output and "header declares 1000000000 vertex elements" in output, output
+
+
+def test_video_frames_above_the_pixel_limit_are_refused(tmp_path, monkeypatch) -> None:
+    from fbench.shards.media import iter_video_frames, probe_video_frames
+    from fbench.synth.video import write_h264
+
+    clip = tmp_path / "clip.mp4"
+    write_h264(clip, [np.zeros((64, 96, 3), np.uint8)] * 2, fps=25)
+    assert len(list(iter_video_frames(clip))) == 2
+    monkeypatch.setenv("FBENCH_MAX_IMAGE_PIXELS", "5000")  # below 96 x 64: as a 30000 x 30000 stream is by default
+    for read in (lambda: list(iter_video_frames(clip)), lambda: probe_video_frames(clip)):
+        with pytest.raises(InputError, match=r"clip.mp4: video frames: 96 x 64 pixels, more than the limit of 5000"):
+            read()
