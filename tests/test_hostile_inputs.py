@@ -735,3 +735,25 @@ def test_video_frames_above_the_pixel_limit_are_refused(tmp_path, monkeypatch) -
     for read in (lambda: list(iter_video_frames(clip)), lambda: probe_video_frames(clip)):
         with pytest.raises(InputError, match=r"clip.mp4: video frames: 96 x 64 pixels, more than the limit of 5000"):
             read()
+
+
+def test_two_concurrent_preps_of_one_part_never_collide(affectnet_small, tmp_path) -> None:
+    """The reproduction of item 5: two runs started together on one --out. One writes, the other
+    refuses naming it (or, started after the first finished, finds every unit complete)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = [sys.executable, "-c", PREP, "--root", str(affectnet_small), "--out", str(out), "--landmarks",
+            "annotations", "--no-progress"]
+    runs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            for _ in range(2)]
+    results = [(run.wait(timeout=120), run.stdout.read()) for run in runs]
+    for rc, output in results:
+        assert "Traceback" not in output, output
+        assert rc == 0 or (rc == 1 and "is being written by another run (host" in output), output
+    assert any(rc == 0 for rc, _ in results)
+    assert not list(out.rglob("*.tmp"))
+    manifest = (out / "affectnet" / "manifest.json").read_text()
+    assert '"samples":4' in manifest.replace(" ", "")
