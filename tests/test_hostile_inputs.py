@@ -359,7 +359,7 @@ def test_fit_run_where_every_frame_fails_exits_non_zero(flame_dir, tmp_path) -> 
 
 
 def test_second_fit_on_the_same_out_refuses(tmp_path) -> None:
-    from fbench.fitting.runner import FIT_LOCK
+    from fbench.fitting.store import FIT_LOCK
     from fbench.lock import output_lock
     from pipelines.famos import command
 

@@ -16,7 +16,6 @@ from fbench.fitting.config import ConfigError, load_config
 from fbench.fitting.store import FitStore, UnsafeNameError, export_templates, format_summary, read_fits
 
 log = logging.getLogger("fbench.fitting")
-FIT_LOCK = ".fit.lock"  # one fit-flame run per --out (fbench.lock)
 
 
 @dataclass(frozen=True)
@@ -130,14 +129,13 @@ def guarded(fn: Callable) -> Callable:
     """Turn expected user-facing errors into click errors (no traceback)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from fbench.faults import describe_os_error, remove_stale
-        from fbench.fitting.store import stale_temporaries
-        from fbench.lock import LockHeldError, output_lock
+        from fbench.faults import describe_os_error
+        from fbench.fitting.store import claimed_output
+        from fbench.lock import LockHeldError
 
         out = Path(kwargs["out"])
         try:
-            with output_lock(out / FIT_LOCK, f"fit output {out}"):
-                remove_stale(stale_temporaries(out), f"fit-flame {out}")
+            with claimed_output(out):
                 return fn(*args, **kwargs)
         except (DatasetError, UnsafeNameError, ConfigError, FileNotFoundError, NotADirectoryError,
                 LockHeldError) as exc:

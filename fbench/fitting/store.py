@@ -28,6 +28,7 @@ against ``SAFE_NAME`` before being used as HDF5 groups or output paths.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -38,7 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import h5py
 import numpy as np
@@ -48,6 +49,7 @@ FITS_FILE = "fits.h5"
 SUMMARY_FILE = "summary.csv"
 FAILURES_FILE = "failures.jsonl"
 PARTS_DIR = ".parts"
+FIT_LOCK = ".fit.lock"  # one fit-flame run per output folder (fbench.lock)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 PARAM_FIELDS = ("shape", "expression", "global_pose", "neck", "jaw", "eyes", "eyelids", "translation")
 ARRAY_FIELDS = PARAM_FIELDS + ("scale", "transform", "residual_mean_mm", "residual_median_mm", "residual_max_mm",
@@ -312,6 +314,19 @@ class FitStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+@contextlib.contextmanager
+def claimed_output(out: str | Path) -> Iterator[None]:
+    """Hold the output folder's lock for the block (one fit-flame run per --out; a second one gets
+    fbench.lock.LockHeldError naming the holder) and remove the temporaries a killed run left."""
+    from fbench.faults import remove_stale
+    from fbench.lock import output_lock
+
+    out = Path(out)
+    with output_lock(out / FIT_LOCK, f"fit output {out}"):
+        remove_stale(stale_temporaries(out), f"fit-flame {out}")
+        yield
 
 
 def stale_temporaries(out: str | Path) -> list[Path]:
