@@ -238,11 +238,13 @@ def flame_decode(params_path: Path, out: Path, flame: Path | None) -> None:
     try:
         mesh_format(out)
         params = load_params_npz(params_path)
+    except (FileNotFoundError, ValueError) as exc:  # MeshError is a ValueError; both name the file
+        raise click.ClickException(str(exc)) from exc
+    try:
         with torch.no_grad():
             vertices = model(params).vertices.numpy()
-    except (FileNotFoundError, ValueError) as exc:  # MeshError is a ValueError
-        raise click.ClickException(str(exc) if str(params_path) in str(exc) or str(out) in str(exc)
-                                   else f"{params_path}: {exc}") from exc
+    except ValueError as exc:  # e.g. more shape components than the model has
+        raise click.ClickException(f"{params_path}: {exc}") from exc
     faces = model.faces.numpy()
     paths = [out] if len(vertices) == 1 else [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(len(vertices))]
     try:
