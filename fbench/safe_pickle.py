@@ -21,7 +21,6 @@ A small file must not cost a lot of memory or time (issue 16):
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 import pickle
@@ -125,7 +124,7 @@ class SafeUnpickler(pickle._Unpickler):
 
     def call(self, func: Any, args: tuple, kwargs: dict | None = None) -> Any:
         """func(*args, **kwargs) for REDUCE, NEWOBJ, OBJ and INST, checked first when func allocates."""
-        guard = _GUARDS.get(func)
+        guard = _guard_for(func)
         if guard is not None:
             return guard(self, *args, **(kwargs or {}))
         return func(*args, **(kwargs or {}))
@@ -138,14 +137,14 @@ class SafeUnpickler(pickle._Unpickler):
     def load_newobj(self) -> None:
         args = self.stack.pop()
         cls = self.stack.pop()
-        self.append(self.call(cls, tuple(args)) if cls in _GUARDS else cls.__new__(cls, *args))
+        self.append(self.call(cls, tuple(args)) if _guard_for(cls) else cls.__new__(cls, *args))
     dispatch[pickle.NEWOBJ[0]] = load_newobj
 
     def load_newobj_ex(self) -> None:
         kwargs = self.stack.pop()
         args = self.stack.pop()
         cls = self.stack.pop()
-        self.append(self.call(cls, tuple(args), kwargs) if cls in _GUARDS else cls.__new__(cls, *args, **kwargs))
+        self.append(self.call(cls, tuple(args), kwargs) if _guard_for(cls) else cls.__new__(cls, *args, **kwargs))
     dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
 
     def _instantiate(self, klass: Any, args: list) -> None:
@@ -260,7 +259,7 @@ def _guard_reconstructor(u: SafeUnpickler, cls: Any, base: Any, state: Any = Non
     """copyreg._reconstructor: `base.__new__(cls, state)`; allocating bases go through their guard."""
     if base is object:
         return object.__new__(cls)
-    if base in _GUARDS:
+    if _guard_for(base):
         if cls is not base:
             raise UnsafePickleError(f"copyreg._reconstructor of {cls!r} on {base!r}: refused")
         return u.call(base, (state,))
@@ -311,6 +310,13 @@ def _add_torch_guards() -> None:
 
     for rebuild in (torch._utils._rebuild_tensor_v2, torch._utils._rebuild_tensor):
         _GUARDS.setdefault(rebuild, _tensor_guard(rebuild))
+
+
+def _guard_for(func: Any) -> Any:
+    try:
+        return _GUARDS.get(func)
+    except TypeError:  # an unhashable "callable" from a crafted pickle: calling it fails on its own
+        return None
 
 
 def _resolve(root: Any) -> Any:
