@@ -109,7 +109,10 @@ def _from_mapping(cls: type[T], mapping: dict[str, Any], prefix: str = "") -> T:
             values[name] = _from_mapping(type(current), {**dataclasses.asdict(current), **value}, f"{prefix}{name}.")
         else:
             values[name] = _coerce(value, hints[name], prefix + name)
-    return dataclasses.replace(base, **values)
+    try:
+        return dataclasses.replace(base, **values)  # the dataclass's own checks (fbench.checks) run here
+    except ValueError as exc:
+        raise ConfigError(f"{prefix}{exc}") from None
 
 
 def to_plain(value: Any) -> Any:

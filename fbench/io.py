@@ -123,19 +123,15 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     Raises CheckpointError naming the file when it is missing, truncated or holds anything
     but plain tensors and containers.
     """
-    import pickle
-
-    import torch
+    from fbench.safe_pickle import UnsafePickleError, load_tensor_file
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's message advises loading the file unsafely; fbench never does.
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused, not a plain tensor file ({first})") from None
+        data = load_tensor_file(path, map_location=map_location)
+    except UnsafePickleError as exc:  # "<file>: refused: not a plain tensor file (it names ...)"
+        raise CheckpointError(str(exc)) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable torch checkpoint, truncated or corrupt ({first})") from None

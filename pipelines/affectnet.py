@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from fbench.safe_read import read_regular_file
 from fbench.shards import SourceItem, SourceOptions, UnsafePathError, safe_relpath, walk_files
 from pipelines.common import (PipelineSource, bad_item, is_bad, limit_per_split, points_array,
                               unique_keys)
@@ -263,7 +264,7 @@ class AffectNetSource(PipelineSource):
 
     def _read_csv(self, root: Path, rel: str, split: str, image_dir: str, limit: int | None) -> list[SourceItem]:
         # errors="replace": a stray non-UTF-8 byte spoils its own row (the path will not exist), not the file.
-        text = (root / rel).read_text(encoding="utf-8", errors="replace")
+        text = read_regular_file(root / rel).decode("utf-8", errors="replace")
         reader = csv.reader(io.StringIO(text, newline=""))
         columns: tuple[str, ...] = COLUMNS
         items: list[SourceItem] = []

@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fbench.checks import ConfigValueError, check_fields, limits
 from fbench.config import config_to_dict
 from fbench.cli.fit import FitSpec, fit_command
-from fbench.fitting.runner import DatasetError, residual_stats, strided
+from fbench.fitting.runner import DatasetError, residual_stats, select_existing, strided
 from fbench.fitting.scan import ScanFitConfig, ScanFrame, fit_scan_subject
 from fbench.fitting.scan_io import read_landmarks_3d, read_scan
 from fbench.fitting.store import FitStore, SequenceFit, UnsafeNameError, check_name
@@ -55,8 +56,8 @@ class Bp4dConfig:
     """Settings of ``fbench fit-flame bp4d`` (YAML keys; ``-o scan.identity_frames=4`` etc.)."""
 
     scan: ScanFitConfig = field(default_factory=ScanFitConfig)
-    stride: int = 1
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    stride: int = field(default=1, metadata=limits(ge=1))
+    tasks: list[str] = field(default_factory=lambda: list(TASKS), metadata=limits(nonempty=True))
     # Where each scan's 3D landmark file is, relative to the dataset root; the first existing pattern wins.
     # Fields: {subject}, {task}, {frame} (the scan's frame number, an int: {frame:04d}) and {stem} (the scan's
     # file name without suffix). The last one is BP4D+'s separate landmark tree (83 points per file).
@@ -65,6 +66,12 @@ class Bp4dConfig:
         "{subject}/{task}/{stem}_landmarks.txt", "3DFeatures/FacialLandmarks/{subject}_{task}_{frame:04d}.bndplus"])
     # For files with another point count (BP4D's 83-point scheme): pairs [file index, iBUG-68 index].
     landmark_map: list[list[int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for pair in self.landmark_map:
+            if len(pair) != 2 or min(pair) < 0 or pair[1] >= 68:
+                raise ConfigValueError(f"landmark_map: {pair!r} is not a pair [file index >= 0, iBUG-68 index 0..67]")
 
 
 @dataclass(frozen=True)
@@ -158,10 +165,11 @@ def fit_bp4d(root: Path, out: Path, flame: FLAME, config: Bp4dConfig, subjects: 
     store = FitStore(out, "bp4d", config_to_dict(config), source.describe() if source else str(flame.source),
                      bool(source.synthetic) if source else False)
     found = find_subjects(root)
-    chosen = found if not subjects else [s for s in subjects if s in found]
-    for s in set(subjects or []) - set(found):
-        log.warning("subject %s not found under %s", s, root)
+    chosen = select_existing(subjects, found, "subject", root)
     plan: dict[str, dict[str, list[ScanRef]]] = {}
+    existing = sorted({p.name for s in chosen for p in (root / s).iterdir() if p.is_dir()})
+    if config.tasks != list(TASKS):
+        select_existing(config.tasks, existing, "task", root)  # none of the asked tasks anywhere: an error
     for subject in chosen:
         scans = find_scans(root, subject, config.tasks, config.landmark_patterns)
         todo = {task: strided(refs, config.stride) for task, refs in scans.items()

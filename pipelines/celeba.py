@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from fbench.safe_read import read_regular_file
 from fbench.shards import SourceItem, SourceOptions
 from pipelines.common import (Choice, PipelineSource, bad_item, filter_values, is_bad,
                               limit_per_split, points_array, unique_keys)
@@ -130,7 +131,7 @@ def read_table(root: Path, rel: str, n_fields: int, has_header: bool, required: 
         if required:
             raise ValueError(f"{path}: missing; --root must be the CelebA root (with Img/, Anno/, Eval/)")
         return table
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = read_regular_file(path).decode("utf-8", errors="replace").splitlines()
     start = 0
     if csv:
         if not lines or lines[0].split(",")[0].strip().lstrip("\ufeff") != "image_id":

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from fbench.safe_read import check_regular_file
 from fbench.shards import InputError, MediaSource, SourceItem, SourceOptions, UnsafePathError, safe_key, safe_relpath
 from fbench.shards.source import ANNOTATIONS_FILTER, Choice, filter_values  # noqa: F401 (pipelines import them here)
 
@@ -47,6 +48,19 @@ def bad_item(id: str, split: str, listing_file: str, reason: str) -> SourceItem:
     `listing_file` is the (safe, root-relative) file the problem was found in, e.g. the CSV
     whose row is malformed: the reject line names it, never the unsafe path itself."""
     return SourceItem(id=id, split=split, path=listing_file, kind="image", labels={ERROR_LABEL: reason})
+
+
+def unlisted_items(files: Sequence[str], split_of, layout: str) -> list[SourceItem]:
+    """Rejects for input files found outside the dataset's layout (their names cannot become sample
+    keys), so samples + rejects = inputs holds: one per file, in the split `split_of(path)` gives,
+    with an id from a digest of the path (stable, unique, keyable whatever the name holds)."""
+    import hashlib
+
+    if files:
+        log.warning("%d file(s) outside the layout %s become rejects, e.g. %s", len(files), layout, files[0])
+    return [bad_item(f"unlisted-{hashlib.sha1(rel.encode()).hexdigest()[:16]}", split_of(rel), rel,
+                     f"{rel}: not in the layout {layout}; no sample key can be made from its path")
+            for rel in files]
 
 
 def is_bad(item: SourceItem) -> bool:
@@ -101,6 +115,7 @@ def read_landmark_table(path: Path, wanted: set[str] | None = None) -> dict[str,
     only looked up, never opened). `wanted`: keep only these paths (memory)."""
     import h5py
 
+    check_regular_file(path)  # a FIFO passed as the table must not block the run
     try:
         with h5py.File(path, "r") as f:
             missing = [c for c in ("path", "frame", "landmarks68") if c not in f]

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fbench.checks import check_fields, limits
 from fbench.config import config_to_dict
 from fbench.fitting.fast_flame import FittingFlame
 from fbench.fitting.flame_ops import Layout
@@ -45,7 +46,7 @@ from fbench.fitting.registration import (
     vertex_errors_mm,
 )
 from fbench.cli.fit import FitSpec, fit_command
-from fbench.fitting.runner import DatasetError, strided
+from fbench.fitting.runner import DatasetError, select_existing, strided
 from fbench.fitting.store import FitStore, SequenceFit, UnsafeNameError, check_name
 from fbench.flame import FLAME, FlameParams
 from fbench.geometry import MeshError, read_mesh
@@ -63,9 +64,13 @@ class FamosConfig:
     """Settings of ``fbench fit-flame famos`` (YAML keys; ``-o registration.batch_size=32`` etc.)."""
 
     registration: RegistrationFitConfig = field(default_factory=RegistrationFitConfig)
-    stride: int = 10  # SMIRK: every 10th frame
-    sequences: list[str] = field(default_factory=lambda: list(SMIRK_SEQUENCES))  # ["all"] for every sequence
+    stride: int = field(default=10, metadata=limits(ge=1))  # SMIRK: every 10th frame
+    sequences: list[str] = field(default_factory=lambda: list(SMIRK_SEQUENCES),
+                                 metadata=limits(nonempty=True))  # ["all"] for every sequence
     neutral_from: Literal["all", "fitted"] = "all"  # sequences whose first frame is a neutral frame
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -255,9 +260,7 @@ def fit_famos(root: Path, out: Path, flame: FLAME, config: FamosConfig, subjects
     found = find_subjects(root)
     if not found:
         raise DatasetError(f"{root}: no FaMoS registrations found (expected <subject>/<sequence>/<sequence>.<frame>.ply)")
-    chosen = found if not subjects else [s for s in subjects if s in found]
-    for s in set(subjects or []) - set(found):
-        log.warning("subject %s not found under %s", s, root)
+    chosen = select_existing(subjects, found, "subject", root)
     faces = flame.faces.cpu().numpy()
     face_check = FaceCheck(faces)
     want_all = [s.lower() for s in config.sequences] == ["all"]
@@ -266,8 +269,10 @@ def fit_famos(root: Path, out: Path, flame: FLAME, config: FamosConfig, subjects
     plan: dict[str, dict[str, list[FrameRef]]] = {}
     first_frames: dict[str, dict[str, FrameRef]] = {}
     total = 0
+    existing: set[str] = set()
     for subject in chosen:
         available = find_sequences(root, subject)
+        existing.update(available)
         selected = available if want_all else [s for s in config.sequences if s in available]
         missing = [] if want_all else [s for s in config.sequences if s not in available]
         if missing:
@@ -279,6 +284,8 @@ def fit_famos(root: Path, out: Path, flame: FLAME, config: FamosConfig, subjects
         if todo:
             plan[subject] = todo
             total += sum(len(v) for v in todo.values())
+    if not want_all:
+        select_existing(config.sequences, sorted(existing), "sequence", root)  # none of them anywhere: an error
     bar = tqdm(total=total, unit="frame", desc="famos", disable=not progress)
     for subject, todo in plan.items():
         try:

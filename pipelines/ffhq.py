@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from fbench.safe_read import read_regular_file
 from fbench.shards import SourceItem, SourceOptions, safe_relpath, walk_files
 from fbench.shards.media import IMAGE_SUFFIXES
 from pipelines.common import (Choice, PipelineSource, bad_item, filter_values, limit_per_split,
@@ -91,7 +92,7 @@ class FFHQSource(PipelineSource):
     def _from_json(self, root: Path, variant: str) -> list[SourceItem]:
         section, folder = VARIANTS[variant]
         try:
-            entries = json.loads((root / JSON_NAME).read_text(encoding="utf-8"))
+            entries = json.loads(read_regular_file(root / JSON_NAME).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{root / JSON_NAME}: not valid JSON ({exc})") from exc
         if not isinstance(entries, dict):

@@ -42,8 +42,10 @@ from pathlib import Path
 from typing import Any
 
 from fbench.shards import SourceItem, SourceOptions, resolve_in_root, walk_files
+from fbench.safe_read import FileRefusedError, read_regular_file
 from fbench.shards.source import PER_FRAME_LABELS
-from pipelines.common import PipelineSource, limit_per_split, video_annotations, with_annotations
+from pipelines.common import (PipelineSource, is_bad, limit_per_split, unlisted_items, video_annotations,
+                              with_annotations)
 
 log = logging.getLogger(__name__)
 
@@ -161,18 +163,20 @@ class LRS3Source(PipelineSource):
                 clips.append((m[1], m[2], m[3], rel))
             elif rel.split("/", 1)[0] in FOLDERS:
                 odd.append(rel)
-        if odd:
-            log.warning("%s: skipped %d .mp4 file(s) outside the <split>/<video_id>/<clip>.mp4 layout, e.g. %s",
-                        root, len(odd), odd[0])
         held_out = val_speakers({vid for folder, vid, _, _ in clips if folder == "trainval"})
-        items = []
-        for folder, vid, clip, rel in clips:
+
+        def split_of(folder: str, vid: str) -> str:
             if folder == "test":
-                split = "test"
-            elif vid in held_out:
-                split = "val"
-            else:
-                split = "train" if folder == "trainval" else "pretrain"
+                return "test"
+            if vid in held_out:
+                return "val"
+            return "train" if folder == "trainval" else "pretrain"
+
+        items = unlisted_items(odd, lambda rel: split_of(*(rel.split("/") + [""])[:2]),
+                               "<pretrain|trainval|test>/<video_id>/<clip>.mp4 (video id: letters, digits, _ -; "
+                               "clip: digits)")
+        for folder, vid, clip, rel in clips:
+            split = split_of(folder, vid)
             items.append(SourceItem(id=f"{folder}_{vid}_{clip}", split=split, path=rel, kind="video", subject=vid,
                                     labels={"video_id": vid, "clip": clip, "folder": folder}))
         # Split order (the source's), then folder/id/clip order: deterministic, independent of the walk.
@@ -184,10 +188,16 @@ class LRS3Source(PipelineSource):
 
     @staticmethod
     def _with_transcript(root: Path, item: SourceItem) -> SourceItem:
+        if is_bad(item):
+            return item
         txt = item.path[: -len(".mp4")] + ".txt"
         labels: dict[str, Any] = dict(item.labels, text=None, conf=None, ref=None, words=None, face_track_frames=None)
+        path = resolve_in_root(root, txt)
         try:
-            t = parse_transcript(resolve_in_root(root, txt).read_text(encoding="utf-8"))
+            if not path.exists():
+                raise FileNotFoundError(txt)
+            # A transcript is a few KB: a FIFO or a link to a device must not block or fill memory.
+            t = parse_transcript(read_regular_file(path, max_bytes=1 << 20).decode("utf-8"))
             labels.update(text=t.text, conf=t.conf, ref=t.ref,
                           words=[list(w) for w in t.words] if t.words is not None else None)
             if t.track is not None:
@@ -196,7 +206,7 @@ class LRS3Source(PipelineSource):
                 labels[PER_FRAME_LABELS] = {"face_track": {str(f): [x, y, w, h] for f, x, y, w, h in t.track}}
         except FileNotFoundError:
             labels["transcript_error"] = f"{txt}: missing"
-        except (OSError, UnicodeDecodeError, TranscriptError) as exc:
+        except (OSError, UnicodeDecodeError, TranscriptError, FileRefusedError) as exc:
             labels["transcript_error"] = f"{txt}: {exc}"
         return SourceItem(id=item.id, split=item.split, path=item.path, kind=item.kind, subject=item.subject,
                           labels=labels)

@@ -29,8 +29,8 @@ import re
 from pathlib import Path
 
 from fbench.shards import SourceItem, SourceOptions, walk_files
-from pipelines.common import (Choice, PipelineSource, filter_values, limit_per_split, video_annotations,
-                              with_annotations)
+from pipelines.common import (Choice, PipelineSource, filter_values, limit_per_split, unlisted_items,
+                              video_annotations, with_annotations)
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +105,8 @@ class MEADSource(PipelineSource):
                 split=actor_split(f["actor"]), path=rel, kind="video", subject=f["actor"],
                 labels={"actor": f["actor"], "view": f["view"], "emotion": f["emotion"], "level": int(f["level"]),
                         "clip": f["clip"], "take": take}))
-        if odd:
-            log.warning("%s: skipped %d .mp4 file(s) outside <actor>/video/<view>/<emotion>/level_<n>/<clip>.mp4, "
-                        "e.g. %s", root, len(odd), odd[0])
+        items += unlisted_items(odd, lambda rel: actor_split(rel.split("/")[0]),
+                                "<actor>/video/<view>/<emotion>/level_<n>/<clip>.mp4")
         order = {s: i for i, s in enumerate(self.splits)}
         items.sort(key=lambda i: (order[i.split], i.path))
         items = limit_per_split(items, options)

@@ -24,6 +24,7 @@ from fbench.shards import SourceOptions
 from fbench.synth.ground_truth import read_ground_truth
 from pipelines import lrs3, mead
 from conftest import shared_synthetic
+from pipelines.common import is_bad
 from pipelines_support import check_counts, load_prepped, mediapipe_error, prep_cli, source_landmarks
 
 TOL_PX = 2e-3
@@ -276,8 +277,8 @@ def test_lrs3_speaker_split_rules(tmp_path) -> None:
     ids = [f"spk{i:02d}-abcde" for i in range(20)]
     _fake_lrs3(tmp_path, {**{f"trainval/{v}": 3 for v in ids}, **{f"pretrain/{v}": 2 for v in ids[:10]},
                           "pretrain/onlypretrain": 2, "test/testspeaker1": 2})
-    (tmp_path / "trainval" / "stray.mp4").write_bytes(b"")  # outside the layout: skipped
-    items = lrs3.LRS3Source().items(tmp_path, SourceOptions())
+    (tmp_path / "trainval" / "stray.mp4").write_bytes(b"")  # outside the layout: a reject (test_hostile_inputs)
+    items = [i for i in lrs3.LRS3Source().items(tmp_path, SourceOptions()) if not is_bad(i)]
     val = {i.subject for i in items if i.split == "val"}
     assert len(val) == 4 and val == lrs3.val_speakers(set(ids))  # 20 % of 20 trainval speakers
     train = {i.subject for i in items if i.split in ("train", "pretrain")}
@@ -418,7 +419,7 @@ def test_mead_layout_quirks_and_splits(tmp_path) -> None:
                           "W021/video/front/sad/level_3/002.mp4", "M042/video/top/neutral/level_1/003.mp4",
                           "M028/video/down/fear/level_1/004.mp4", "M003/video/sideways/happy/level_2/001.mp4",
                           "M003/audio/happy/level_2/001.mp4", "notes/video/front/happy/level_2/001.mp4"])
-    items = mead.MEADSource().items(tmp_path, SourceOptions())
+    items = [i for i in mead.MEADSource().items(tmp_path, SourceOptions()) if not is_bad(i)]  # the rest: rejects
     assert [(i.path, i.split) for i in items] == [
         ("M003/video/front/happy/level_2/001.mp4", "train"), ("W021/video/1/front/sad/level_3/002.mp4", "train"),
         ("W021/video/front/sad/level_3/002.mp4", "train"), ("M042/video/top/neutral/level_1/003.mp4", "val"),
@@ -427,7 +428,7 @@ def test_mead_layout_quirks_and_splits(tmp_path) -> None:
     assert mead.parse_path("W023/video/front/1/happy/level_1/005.mp4")["quirk"] == "v1"
     assert mead.parse_path("W023/video/front/1/2/happy/level_1/005.mp4") is None
     picked = mead.MEADSource().items(tmp_path, SourceOptions(filters={"emotions": ("sad",), "levels": ("3",)}))
-    assert [i.labels["view"] for i in picked] == ["front", "front"]
+    assert [i.labels["view"] for i in picked if not is_bad(i)] == ["front", "front"]
     with pytest.raises(ValueError, match="unknown levels '4'"):
         mead.MEADSource().items(tmp_path, SourceOptions(filters={"levels": ("4",)}))
 

@@ -207,10 +207,10 @@ def _bad_files(model: SmirkModel, d: Path) -> dict[str, tuple[Path, str]]:
     (d / "truncated.pt").write_bytes(data[: len(data) // 2])
     files["truncated.pt"] = (d / "truncated.pt", "truncated or corrupt")
     (d / "evil.pt").write_bytes(pickle.dumps({"smirk_encoder.x": Evil()}))
-    files["evil.pt"] = (d / "evil.pt", "refused, not a plain tensor file")
+    files["evil.pt"] = (d / "evil.pt", "refused: not a plain tensor file")
     with open(d / "evil_zip.pt", "wb") as fh:
         torch.save({"smirk_encoder.x": Evil()}, fh)
-    files["evil_zip.pt"] = (d / "evil_zip.pt", "refused, not a plain tensor file")
+    files["evil_zip.pt"] = (d / "evil_zip.pt", "refused: not a plain tensor file")
     files["absent.pt"] = (d / "absent.pt", "no such checkpoint file")
     return files
 

@@ -43,6 +43,9 @@ def finish(store, export_dir: Path | None) -> None:
     n_failed = len(store.failures)
     click.echo(f"fits: {path}" + (f"; {n_failed} frame(s) failed, see {store.out / 'failures.jsonl'}"
                                   if n_failed else ""))
+    if n_failed and not sum(r.get("frames", 0) for r in store.summary_rows()):
+        raise click.ClickException(f"every frame failed ({n_failed}), e.g. {store.failures[0].get('reason')}; "
+                                   f"see {store.out / 'failures.jsonl'}")
     if export_dir is not None:
         fits, _, _ = read_fits(path)
         count = export_templates(fits, export_dir)
@@ -52,15 +55,18 @@ def finish(store, export_dir: Path | None) -> None:
 def fit_command(spec: FitSpec) -> click.Command:
     from fbench.fitting.runner import DatasetError
     from fbench.fitting.store import UnsafeNameError
+    from fbench.lock import LockHeldError
 
     @click.pass_context
-    @user_errors(DatasetError, UnsafeNameError)
+    @user_errors(DatasetError, UnsafeNameError, LockHeldError)
     def command(ctx: click.Context, root: Path | None, out: Path | None, subjects: str | None, stride: int | None,
                 export_dir: Path | None, config_path: Path | None, overrides: tuple[str, ...], flame: Path | None,
                 overwrite: bool, no_progress: bool, **extra: Any) -> None:
         import torch
 
         from fbench.config import save_config
+        from fbench.faults import describe_os_error
+        from fbench.fitting.store import claimed_output
 
         explicit: dict[str, Any] = {}
         if stride is not None:
@@ -72,10 +78,14 @@ def fit_command(spec: FitSpec) -> click.Command:
         root = dataset_root(spec.name, root)
         out = out if out is not None else Path("fits") / spec.name
         model = load_flame_announced(flame, n_exp=100, dtype=torch.float64)
-        store = spec.fit(root, out, model, config, subjects=split_list(subjects), overwrite=overwrite,
-                         progress=not no_progress, **extra)
-        save_config(config, out / "config.yaml")
-        finish(store, export_dir)
+        try:
+            with claimed_output(out):  # one run per --out; removes a killed run's temporaries
+                store = spec.fit(root, out, model, config, subjects=split_list(subjects), overwrite=overwrite,
+                                 progress=not no_progress, **extra)
+                save_config(config, out / "config.yaml")
+                finish(store, export_dir)
+        except OSError as exc:  # a read-only or full --out
+            raise click.ClickException(describe_os_error(exc, out)) from exc
         line = spec.report(store, **extra) if spec.report else None
         if line:
             click.echo(line)

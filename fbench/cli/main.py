@@ -138,7 +138,8 @@ def flame_group() -> None:
 @flame_group.command("synth")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Directory to write the model files into.")
-@click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives identical files.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random seed; the same seed gives identical files.")
 def flame_synth(out: Path, seed: int) -> None:
     """Write the synthetic FLAME-format model (same files and formats as FLAME2020 + SMIRK assets).
 
@@ -197,17 +198,28 @@ def flame_decode(params_path: Path, out: Path, flame: Path | None) -> None:
     from fbench.flame.params import load_params_npz
     from fbench.geometry import Mesh, write_mesh
 
+    from fbench.geometry.mesh import mesh_format
+
     model = load_flame_announced(flame)
     try:
+        mesh_format(out)
         params = load_params_npz(params_path)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # MeshError is a ValueError; both name the file
         raise click.ClickException(str(exc)) from exc
-    with torch.no_grad():
-        vertices = model(params).vertices.numpy()
+    try:
+        with torch.no_grad():
+            vertices = model(params).vertices.numpy()
+    except ValueError as exc:  # e.g. more shape components than the model has
+        raise click.ClickException(f"{params_path}: {exc}") from exc
     faces = model.faces.numpy()
     paths = [out] if len(vertices) == 1 else [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(len(vertices))]
-    for path, verts in zip(paths, vertices):
-        write_mesh(path, Mesh(vertices=verts, faces=faces, units="m"))
+    try:
+        for path, verts in zip(paths, vertices):
+            write_mesh(path, Mesh(vertices=verts, faces=faces, units="m"))
+    except OSError as exc:  # a read-only or full output folder (write_mesh leaves no partial file)
+        from fbench.faults import describe_os_error
+
+        raise click.ClickException(describe_os_error(exc, out)) from exc
     click.echo(f"wrote {len(paths)} mesh(es): {paths[0]}" + (f" ... {paths[-1]}" if len(paths) > 1 else ""))
 
 
@@ -216,7 +228,7 @@ def flame_decode(params_path: Path, out: Path, flame: Path | None) -> None:
               help="An .npz with FlameParams keys (missing keys zero; cam = SMIRK's scale, tx, ty).")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Output PNG; a batch writes one PNG per item with a _000 suffix.")
-@click.option("--size", default=224, show_default=True, help="Image side in pixels.")
+@click.option("--size", type=click.IntRange(16, 4096), default=224, show_default=True, help="Image side in pixels.")
 @flame_option
 def render(params_path: Path, out: Path, size: int, flame: Path | None) -> None:
     """Render FLAME parameters with SMIRK's renderer (grey, five lights, face region).
@@ -242,9 +254,12 @@ def render(params_path: Path, out: Path, size: int, flame: Path | None) -> None:
 @click.argument("dataset", type=click.Choice(SYNTH_DATASETS))
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Dataset root to write (the layout of the real release).")
-@click.option("--n", "n", type=int, default=None, help="How many images/videos/subjects (dataset default if omitted).")
-@click.option("--seed", default=0, show_default=True, help="Random seed; the same seed writes the same dataset.")
-@click.option("--corrupt", default=0, show_default=True, help="Deliberately corrupt this many files (robustness tests).")
+@click.option("--n", "n", type=click.IntRange(min=1), default=None,
+              help="How many images/videos/subjects (dataset default if omitted).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random seed; the same seed writes the same dataset.")
+@click.option("--corrupt", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Deliberately corrupt this many files (robustness tests).")
 @click.option("--variant", default=None, help="Layout variant of the copy (data_cards/DATASET.yaml), e.g. npy.")
 @flame_option
 def synth(dataset: str, out: Path, n: int | None, seed: int, corrupt: int, variant: str | None,
@@ -264,8 +279,8 @@ def synth(dataset: str, out: Path, n: int | None, seed: int, corrupt: int, varia
     model = load_flame_announced(flame)
     try:
         result = write_synthetic_dataset(dataset, out, n=n, seed=seed, corrupt=corrupt, flame=model, variant=variant)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except ValueError as exc:  # e.g. --corrupt larger than what the dataset has, an unknown variant
+        raise click.BadParameter(str(exc)) from exc
     click.echo(f"synthetic {dataset}: {result.summary()}")
 
 

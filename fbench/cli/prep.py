@@ -104,6 +104,7 @@ def prep_options(f: Callable) -> Callable:
 def run_prep_command(source: DatasetSource, config) -> None:
     """Run a prep and print its summary; errors the user can fix become click errors."""
     from fbench.config import save_config
+    from fbench.faults import describe_os_error
     from fbench.landmarks.fan import FanUnavailable, missing_fan_files
     from fbench.shards.prep import PrepError, run_prep
 
@@ -116,6 +117,8 @@ def run_prep_command(source: DatasetSource, config) -> None:
         result = run_prep(source, config)
     except (PrepError, FanUnavailable, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # a read-only or full --out
+        raise click.ClickException(describe_os_error(exc, config.out)) from exc
     save_config(config, config.out / source.name / "config.yaml")
     c = result.counts
     click.echo(f"{source.name}: {c['samples']} samples in {c['shards']} shards, {c['rejects']} rejects "
@@ -130,6 +133,8 @@ def run_prep_command(source: DatasetSource, config) -> None:
                    err=True)
     click.echo(f"manifest: {result.manifest}\nrejects : {result.rejects}\nconfig  : "
                f"{config.out / source.name / 'config.yaml'}")
+    if c["inputs"] and not c["samples"]:
+        raise click.ClickException(f"every input was rejected ({c['rejects']}); the reasons are in {result.rejects}")
 
 
 def prep_command(source: DatasetSource, help: str, choices: Sequence[Choice] = (), annotation_table: bool = False,

@@ -23,11 +23,13 @@ once, and is reported as stalled if that fails too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import Tensor
+
+from fbench.checks import check_fields, limits
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -36,17 +38,20 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 class LbfgsOptions:
     """Optimiser settings (the same settings give the same iterates per row at any batch size)."""
 
-    max_iterations: int = 100
-    history: int = 10
+    max_iterations: int = field(default=100, metadata=limits(ge=1))
+    history: int = field(default=10, metadata=limits(ge=1))
     # Converged when the last decrease is below ftol * |f| + ftol_abs for `patience`
     # consecutive iterations, or when the Newton decrement g^T H0^{-1} g / 2 < gtol.
-    ftol: float = 1e-10
-    ftol_abs: float = 1e-14
-    gtol: float = 1e-14
-    patience: int = 2
-    max_line_search: int = 20
-    armijo: float = 1e-4
+    ftol: float = field(default=1e-10, metadata=limits(ge=0))
+    ftol_abs: float = field(default=1e-14, metadata=limits(ge=0))
+    gtol: float = field(default=1e-14, metadata=limits(ge=0))
+    patience: int = field(default=2, metadata=limits(ge=1))
+    max_line_search: int = field(default=20, metadata=limits(ge=1))
+    armijo: float = field(default=1e-4, metadata=limits(gt=0, lt=1))
     rescale: bool = True  # scale H0^{-1} by s^T y / y^T H0^{-1} y (per row)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fbench.checks import check_fields, limits
 from fbench.fitting.fast_flame import FittingFlame
 from fbench.fitting.flame_ops import Layout, compose_rigid, finite_difference_jacobian, rigid_vertex_ids
 from fbench.fitting.lbfgs import LbfgsOptions, Preconditioner, batched_lbfgs
@@ -45,25 +46,31 @@ MM = 1000.0
 class PriorWeights:
     """L2 prior weights (loss units: mean squared vertex error in mm^2 per unit^2)."""
 
-    shape: float = 2e-5
-    expression: float = 2e-5
-    neck: float = 2e-5
-    jaw: float = 2e-5
-    eyes: float = 2e-5
+    shape: float = field(default=2e-5, metadata=limits(ge=0))
+    expression: float = field(default=2e-5, metadata=limits(ge=0))
+    neck: float = field(default=2e-5, metadata=limits(ge=0))
+    jaw: float = field(default=2e-5, metadata=limits(ge=0))
+    eyes: float = field(default=2e-5, metadata=limits(ge=0))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
 class RegistrationFitConfig:
-    n_exp: int = 100  # expression components fitted (SMIRK's templates use the first 50)
-    batch_size: int = 50  # frames solved together (50 is about where CPU caches stop helping)
+    n_exp: int = field(default=100, metadata=limits(ge=1, le=100))  # expression components fitted (SMIRK's templates use the first 50)
+    batch_size: int = field(default=50, metadata=limits(ge=1))  # frames solved together (50 is about where CPU caches stop helping)
     priors: PriorWeights = field(default_factory=PriorWeights)
     rigid_stage: bool = True
     lbfgs: LbfgsOptions = field(default_factory=LbfgsOptions)
     # Identity (shape) from the subject's neutral frames.
-    identity_max_frames: int = 16
-    identity_expression_weight: float = 1e-2
+    identity_max_frames: int = field(default=16, metadata=limits(ge=1))
+    identity_expression_weight: float = field(default=1e-2, metadata=limits(ge=0))
     identity_lbfgs: LbfgsOptions = field(default_factory=lambda: LbfgsOptions(max_iterations=100, history=50))
-    identity_rounds: int = 3  # L-BFGS restarts with the preconditioner rebuilt at the current poses
+    identity_rounds: int = field(default=3, metadata=limits(ge=1))  # L-BFGS restarts with the preconditioner rebuilt at the current poses
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass

@@ -1,10 +1,15 @@
 """What the fitting pipelines (``pipelines.famos``, ``pipelines.bp4d``) share besides the
-fitting itself: frame selection, residual statistics and the dataset error. Their command
+fitting itself: frame and subject selection, residual statistics and the dataset error. Their command
 comes from ``fbench.cli.fit.fit_command``."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
+
+log = logging.getLogger("fbench.fitting")
 
 
 class DatasetError(ValueError):
@@ -20,3 +25,18 @@ def residual_stats(distances: np.ndarray) -> tuple[float, float, float]:
     if distances.size == 0:
         return float("nan"), float("nan"), float("nan")
     return float(distances.mean()), float(np.median(distances)), float(distances.max())
+
+
+def select_existing(requested: list[str] | None, available: list[str], what: str, where: Path | str) -> list[str]:
+    """`available` when nothing is requested, else the requested names that exist (a warning for
+    each that does not); DatasetError listing what exists when none of them does."""
+    if not requested:
+        return list(available)
+    chosen = [name for name in requested if name in available]
+    if not chosen:
+        raise DatasetError(f"{where}: no {what} {', '.join(requested)}; found {len(available)}: "
+                           f"{', '.join(available) if available else '(none)'}")
+    for name in requested:
+        if name not in available:
+            log.warning("%s %s not found under %s", what, name, where)
+    return chosen

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fbench.checks import check_fields, limits
 from fbench.fitting.fast_flame import FittingFlame
 from fbench.fitting.flame_ops import Layout
 from fbench.fitting.lbfgs import LbfgsOptions, Preconditioner, batched_lbfgs
@@ -59,32 +60,35 @@ UNIT_SCALE = {"mm": 1000.0, "m": 1.0}
 
 @dataclass
 class ScanFitConfig:
-    n_exp: int = 100
+    n_exp: int = field(default=100, metadata=limits(ge=1, le=100))
     scan_units: Literal["mm", "m", "unknown"] = "mm"
     init_landmarks: Literal["inner", "all"] = "inner"  # for the Umeyama initialisation
     fit_landmarks: Literal["inner", "all"] = "all"  # in the landmark term
-    min_landmarks: int = 6  # fewer valid landmarks: the frame borrows its neighbour's transform
+    min_landmarks: int = field(default=6, metadata=limits(ge=3, le=68))  # fewer valid landmarks: the frame borrows its neighbour's transform
     # No frame of a subject with usable landmarks (e.g. BP4D+'s 83-point files without a 68-point map):
     # initialise each frame by rigid ICP of FLAME's mean face region onto the scan from several starting
     # poses (principal axes, each sign choice), keeping the best; False: such a subject is an error.
     landmark_free_init: bool = True
-    icp_max_points: int = 800  # scan vertices used by that ICP (random subset, fixed seed)
-    identity_frames: int = 8  # frames in the joint identity fit, spread over the subject's sequences
-    identity_rounds: int = 3  # correspondence rounds of the identity fit
-    frame_rounds: int = 2  # correspondence rounds per batch of frames
-    batch_size: int = 32
-    max_points: int = 4000  # scan vertices used per frame (random subset, fixed seed)
-    robust_sigma_mm: float = 2.0  # Geman-McClure scale
-    max_distance_mm: float = 10.0  # farther scan points are not face
+    icp_max_points: int = field(default=800, metadata=limits(ge=3))  # scan vertices used by that ICP (random subset, fixed seed)
+    identity_frames: int = field(default=8, metadata=limits(ge=1))  # frames in the joint identity fit, spread over the subject's sequences
+    identity_rounds: int = field(default=3, metadata=limits(ge=1))  # correspondence rounds of the identity fit
+    frame_rounds: int = field(default=2, metadata=limits(ge=1))  # correspondence rounds per batch of frames
+    batch_size: int = field(default=32, metadata=limits(ge=1))
+    max_points: int = field(default=4000, metadata=limits(ge=1))  # scan vertices used per frame (random subset, fixed seed)
+    robust_sigma_mm: float = field(default=2.0, metadata=limits(gt=0))  # Geman-McClure scale
+    max_distance_mm: float = field(default=10.0, metadata=limits(gt=0))  # farther scan points are not face
     face_mask: str = "face"
-    s2m_weight: float = 1.0
-    landmark_weight: float = 0.05
+    s2m_weight: float = field(default=1.0, metadata=limits(ge=0))
+    landmark_weight: float = field(default=0.05, metadata=limits(ge=0))
     priors: PriorWeights = field(default_factory=lambda: PriorWeights(shape=1e-4, expression=1e-4, neck=1e-3,
                                                                        jaw=1e-3, eyes=1e-3))
     lbfgs: LbfgsOptions = field(default_factory=lambda: LbfgsOptions(max_iterations=30, ftol=1e-6))
     identity_lbfgs: LbfgsOptions = field(default_factory=lambda: LbfgsOptions(max_iterations=60, history=30,
                                                                                ftol=1e-7))
-    seed: int = 0
+    seed: int = field(default=0, metadata=limits(ge=0))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass

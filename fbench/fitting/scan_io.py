@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fbench.geometry import Mesh, MeshError, read_mesh
+from fbench.geometry.mesh import read_mesh_file
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)", re.IGNORECASE)
 
@@ -34,12 +35,7 @@ def _block(text: str, start: int) -> tuple[str, int]:
 def read_wrl(path: str | Path, units: str = "mm") -> Mesh:
     """Read the IndexedFaceSet geometry of a VRML 2.0 file as one triangle mesh."""
     path = Path(path)
-    if not path.is_file():
-        raise MeshError("no such file", path)
-    raw = path.read_bytes()
-    if not raw:
-        raise MeshError("empty file", path)
-    text = raw.decode("utf-8", errors="replace")
+    text = read_mesh_file(path).decode("utf-8", errors="replace")
     if not text.lstrip().startswith("#VRML"):
         raise MeshError("not a VRML file (no '#VRML' header)", path)
     text = re.sub(r"#[^\n]*", "", text)  # comments (the header included)
@@ -102,11 +98,14 @@ def read_landmarks_3d(path: str | Path, expected: int | None = None) -> np.ndarr
     Raises ValueError naming the file when a line has fewer than 3 numbers, a value is not
     finite, or the count differs from ``expected``.
     """
+    from fbench.safe_read import read_regular_file
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no such landmark file")
     rows = []
-    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+    text = read_regular_file(path, max_bytes=1 << 20).decode("utf-8", errors="replace")  # a few KB: capped at 1 MiB
+    for lineno, line in enumerate(text.splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue

@@ -28,6 +28,7 @@ against ``SAFE_NAME`` before being used as HDF5 groups or output paths.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -38,18 +39,20 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import h5py
 import numpy as np
 import yaml
 
-from fbench.io import atomic_path, atomic_write_json, atomic_write_text
+from fbench.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from fbench.io import stale_temporaries as io_stale
 
 FITS_FILE = "fits.h5"
 SUMMARY_FILE = "summary.csv"
 FAILURES_FILE = "failures.jsonl"
 PARTS_DIR = ".parts"
+FIT_LOCK = ".fit.lock"  # one fit-flame run per output folder (fbench.lock)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 PARAM_FIELDS = ("shape", "expression", "global_pose", "neck", "jaw", "eyes", "eyelids", "translation")
 ARRAY_FIELDS = PARAM_FIELDS + ("scale", "transform", "residual_mean_mm", "residual_median_mm", "residual_max_mm",
@@ -101,8 +104,12 @@ class SequenceFit:
 
 
 def _atomic_h5(path: Path, fill) -> None:
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    """Build the HDF5 file in memory, then write it atomically with plain file I/O: HDF5 itself
+    writing into a full or read-only folder can crash the process instead of raising."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
         fill(f)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _write_sequence(group: h5py.Group, fit: SequenceFit) -> None:
@@ -311,6 +318,29 @@ class FitStore:
         for row in rows:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
         atomic_write_text(self.out / SUMMARY_FILE, buffer.getvalue())
+
+
+@contextlib.contextmanager
+def claimed_output(out: str | Path) -> Iterator[None]:
+    """Hold the output folder's lock for the block (one fit-flame run per --out; a second one gets
+    fbench.lock.LockHeldError naming the holder) and remove the temporaries a killed run left."""
+    from fbench.faults import remove_stale
+    from fbench.lock import output_lock
+
+    out = Path(out)
+    with output_lock(out / FIT_LOCK, f"fit output {out}"):
+        remove_stale(stale_temporaries(out), f"fit-flame {out}")
+        yield
+
+
+def stale_temporaries(out: str | Path) -> list[Path]:
+    """The temporaries a killed fit run leaves in its output folder: the atomic writes' temporaries
+    of fits.h5, summary.csv and the parts' files (only these names: --out may hold other files)."""
+    out = Path(out)
+    found = io_stale(out, FITS_FILE) + io_stale(out, SUMMARY_FILE)
+    if (out / PARTS_DIR).is_dir():
+        found += [p for part in (out / PARTS_DIR).iterdir() if part.is_dir() for p in io_stale(part)]
+    return sorted(found)
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:

@@ -152,6 +152,23 @@ def _check_indices(array: np.ndarray, upper: int, path: Path, key: str) -> None:
         raise FlameFileError(f"{path}: '{key}' has indices outside [0, {upper})")
 
 
+def _mask_indices(value: Any, num_v: int, path: Path, key: str) -> np.ndarray:
+    """A vertex mask as it must be: a non-empty array of distinct vertex indices in [0, num_v)."""
+    array = _as_array(value, path, key, None).reshape(-1)
+    if array.dtype.kind == "f" and np.array_equal(array, np.round(array)):
+        array = array.astype(np.int64)  # whole numbers stored as floats are still indices
+    if array.dtype.kind not in "iu":
+        raise FlameFileError(f"{path}: mask '{key}' is not an array of vertex indices (dtype {array.dtype})")
+    if array.size == 0:
+        raise FlameFileError(f"{path}: mask '{key}' is empty")
+    array = array.astype(np.int64)
+    _check_indices(array, num_v, path, key)
+    unique = np.unique(array)
+    if unique.size != array.size:
+        raise FlameFileError(f"{path}: mask '{key}' repeats {array.size - unique.size} vertex index(es)")
+    return unique
+
+
 def _check_shape(array: np.ndarray, expected: tuple[int | None, ...], path: Path, key: str) -> None:
     if array.ndim != len(expected) or any(e is not None and e != s for e, s in zip(expected, array.shape)):
         shown = tuple("*" if e is None else e for e in expected)
@@ -269,6 +286,5 @@ def _load_masks(path: Path, num_v: int) -> dict[str, np.ndarray]:
         raise FlameFileError(f"{path}: missing mask(s) {missing}")
     masks = {}
     for name, value in raw_masks.items():
-        masks[name] = np.unique(_as_array(value, path, name, np.int64).reshape(-1))
-        _check_indices(masks[name], num_v, path, name)
+        masks[name] = _mask_indices(value, num_v, path, name)
     return masks

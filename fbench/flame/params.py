@@ -104,6 +104,9 @@ def load_params_npz(path: str | Path, n_shape: int = 300, n_exp: int = 50,
         raise FileNotFoundError(f"{path}: no such parameter file") from None
     except Exception as exc:
         raise ValueError(f"{path}: not a readable .npz parameter file ({exc})") from exc
+    bad = sorted(k for k, v in values.items() if v.dtype.kind in "fc" and not np.isfinite(v).all())
+    if bad:
+        raise ValueError(f"{path}: {', '.join(bad)} contain(s) NaN or infinite values")
     widths = {k: np.atleast_2d(v).shape[1] for k, v in values.items() if k in ("shape", "expression")}
     try:
         return FlameParams.from_dict(values, n_shape=widths.get("shape", n_shape),

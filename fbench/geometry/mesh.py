@@ -21,6 +21,7 @@ Units: FLAME meshes are in metres, scans and MultiFace meshes in millimetres. A
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass, replace
@@ -190,8 +191,8 @@ def _obj_index(token: str, count: int, lineno: int) -> int:
     raise ValueError(f"line {lineno}: OBJ indices start at 1, got 0")
 
 
-def _read_obj(path: Path, units: Units, require_faces: bool) -> Mesh:
-    text = path.read_bytes().decode("utf-8", errors="replace")
+def _read_obj(path: Path, data: bytes, units: Units, require_faces: bool) -> Mesh:
+    text = data.decode("utf-8", errors="replace")
     verts: list[list[float]] = []
     colors: list[list[float]] = []
     uvs: list[list[float]] = []
@@ -297,10 +298,14 @@ def _write_obj(path: PathLike, mesh: Mesh) -> None:
 # ------------------------------------------------------------------------------- PLY
 
 
-def _ply_header_counts(path: Path) -> dict[str, int]:
-    """Element counts declared in a PLY header (to catch truncated files)."""
+PLY_MIN_BYTES = {"vertex": 6, "face": 6}  # the least a vertex ("0 0 0\n") or face ("3 0 1 2\n") can take
+
+
+def _ply_header_counts(path: Path, data: bytes) -> dict[str, int]:
+    """Element counts declared in a PLY header (to catch truncated files); a header that declares
+    more elements than the file's bytes can hold is refused before any reader sizes arrays by it."""
     counts: dict[str, int] = {}
-    with open(path, "rb") as fh:
+    with io.BytesIO(data) as fh:
         first = fh.readline().strip()
         if first != b"ply":
             raise MeshError("not a PLY file (missing 'ply' magic)", path)
@@ -310,18 +315,26 @@ def _ply_header_counts(path: Path) -> dict[str, int]:
                 raise MeshError("truncated PLY header (no end_header)", path)
             tokens = line.split()
             if tokens[:1] == [b"end_header"]:
+                body = len(data) - fh.tell()
+                for name, minimum in PLY_MIN_BYTES.items():
+                    if counts.get(name, 0) * minimum > body:
+                        raise MeshError(f"truncated PLY: header declares {counts[name]} {name} elements, "
+                                        f"the file holds {body} bytes after the header", path)
                 return counts
             if tokens[:1] == [b"element"] and len(tokens) >= 3:
-                counts[tokens[1].decode("ascii", "replace")] = int(tokens[2])
+                try:
+                    counts[tokens[1].decode("ascii", "replace")] = int(tokens[2])
+                except ValueError:
+                    raise MeshError(f"malformed PLY header line {line[:60]!r}", path) from None
     raise MeshError("PLY header too long", path)
 
 
-def _read_ply(path: Path, units: Units, require_faces: bool) -> Mesh:
+def _read_ply(path: Path, data: bytes, units: Units, require_faces: bool) -> Mesh:
     from trimesh.exchange.ply import load_ply  # noqa: PLC0415 - trimesh import is slow
 
-    counts = _ply_header_counts(path)
+    counts = _ply_header_counts(path, data)
     try:
-        with open(path, "rb") as fh:
+        with io.BytesIO(data) as fh:
             # fix_texture=False: keep one vertex per file vertex even on UV seams.
             kw = load_ply(fh, fix_texture=False, skip_materials=True, prefer_color="vertex")
     except MeshError:
@@ -448,16 +461,36 @@ def read_mesh(path: PathLike, *, units: Units, require_faces: bool = True) -> Me
     """
     _check_units(units)
     p = Path(path)
-    if not p.is_file():
-        raise MeshError("no such file", p)
-    if p.stat().st_size == 0:
-        raise MeshError("empty file", p)
-    suffix = p.suffix.lower()
+    suffix = mesh_format(p)
+    data = read_mesh_file(p)
     if suffix == ".obj":
-        return _read_obj(p, units, require_faces)
-    if suffix == ".ply":
-        return _read_ply(p, units, require_faces)
-    raise MeshError(f"unsupported mesh format {suffix!r} (use .obj or .ply)", p)
+        return _read_obj(p, data, units, require_faces)
+    return _read_ply(p, data, units, require_faces)
+
+
+def read_mesh_file(path: PathLike, allow_empty: bool = False) -> bytes:
+    """The bytes of a mesh or scan file through fbench.safe_read (regular files only, after
+    resolving links; byte cap); MeshError naming the file otherwise, or when it is empty."""
+    from fbench.safe_read import FileRefusedError, read_regular_file
+
+    p = Path(path)
+    if not p.exists():
+        raise MeshError("no such file", p)
+    try:
+        data = read_regular_file(p)
+    except FileRefusedError as exc:
+        raise MeshError(str(exc).removeprefix(f"{p}: "), p) from None
+    if not data and not allow_empty:
+        raise MeshError("empty file", p)
+    return data
+
+
+def mesh_format(path: PathLike) -> str:
+    """'.obj' or '.ply' from a path's suffix (case-insensitive); MeshError for anything else."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".obj", ".ply"):
+        raise MeshError(f"unsupported mesh format {suffix!r} (use .obj or .ply)", Path(path))
+    return suffix
 
 
 def write_mesh(path: PathLike, mesh: Mesh, *, binary: bool = True) -> None:
@@ -468,13 +501,10 @@ def write_mesh(path: PathLike, mesh: Mesh, *, binary: bool = True) -> None:
     stored by either format: keep track of them (OBJ gets a comment line).
     """
     p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix == ".obj":
+    if mesh_format(p) == ".obj":
         _write_obj(p, mesh)
-    elif suffix == ".ply":
-        _write_ply(p, mesh, binary)
     else:
-        raise MeshError(f"unsupported mesh format {suffix!r} (use .obj or .ply)", p)
+        _write_ply(p, mesh, binary)
 
 
 # ------------------------------------------------------------------------- MultiFace
@@ -553,10 +583,9 @@ def read_multiface_transform(path: PathLike) -> np.ndarray:
     MultiFace); this reader does not interpret or invert it.
     """
     p = Path(path)
-    if not p.is_file():
-        raise MeshError("no such file", p)
     rows: list[list[float]] = []
-    for lineno, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
+    for lineno, line in enumerate(read_mesh_file(p, allow_empty=True).decode("utf-8", errors="replace").splitlines(),
+                                     start=1):
         tokens = line.split()
         if not tokens:
             continue

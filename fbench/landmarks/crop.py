@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_CANVAS_FACTOR = 8  # a box this many times the image is nonsense landmarks; warp instead of padding
+MIN_INSIDE_FRACTION = 0.5  # a face square less than this much inside the image is not a face of that image
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,17 @@ def landmark_box(points: np.ndarray, scale: float) -> CropBox | None:
     if not side > 0:
         return None
     return CropBox((x0 + x1) / 2, (y0 + y1) / 2, side)
+
+
+def inside_fraction(box: CropBox, height: int, width: int, scale: float = 1.0) -> float:
+    """The fraction of the face square (`box` without its crop margin: side / `scale`) that lies
+    inside a width x height image; 0 for a square that misses the image."""
+    half = box.side / scale / 2
+    if not half > 0:
+        return 0.0
+    w = min(box.cx + half, width) - max(box.cx - half, 0.0)
+    h = min(box.cy + half, height) - max(box.cy - half, 0.0)
+    return max(w, 0.0) * max(h, 0.0) / (2 * half) ** 2
 
 
 def frame_box(height: int, width: int) -> CropBox:

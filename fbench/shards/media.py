@@ -13,6 +13,8 @@ from typing import Iterator
 
 import numpy as np
 
+from fbench.safe_read import FileRefusedError, check_pixels, check_regular_file, read_image_file
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg")
 
@@ -29,29 +31,26 @@ class InputError(Exception):
 
 
 def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3) from an image file.
+    """RGB uint8 (H, W, 3) from an image file, through `fbench.safe_read` (regular files only,
+    byte cap, pixel limit read from the header before decoding).
 
     EXIF orientation is ignored on purpose: dataset annotations refer to the stored
     pixel grid, and the same file must give the same array on every platform.
     Grey and 16-bit images are converted to 8-bit RGB; alpha is dropped.
     """
-    import cv2
-
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-    if not data:
-        raise InputError(f"{path}: file is empty")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise InputError(f"{path}: cannot decode image ({len(data)} bytes; truncated, corrupt or not an image)")
-    return np.ascontiguousarray(image)
+        return read_image_file(path)
+    except FileRefusedError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def _open_video(path: Path, threads: int):
     import av
 
+    try:
+        check_regular_file(path)  # a FIFO would block av.open, a device would never end
+    except FileRefusedError as exc:
+        raise InputError(str(exc)) from exc
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
@@ -60,6 +59,11 @@ def _open_video(path: Path, threads: int):
         container.close()
         raise InputError(f"{path}: no video stream")
     stream = container.streams.video[0]
+    try:
+        check_pixels(stream.codec_context.width, stream.codec_context.height, f"{path}: video frames")
+    except FileRefusedError as exc:
+        container.close()
+        raise InputError(str(exc)) from exc
     # One decoder thread: prep runs one process per core, extra threads only contend.
     stream.thread_count = threads
     return container, stream

@@ -49,14 +49,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fbench.faults import remove_stale
 from fbench.landmarks.annotate import LandmarkConfig
 from fbench.io import atomic_write_json, atomic_write_lines, dumps_json, read_json
+from fbench.io import stale_temporaries as io_stale
 from fbench.shards.keys import check_dataset_name
 from fbench.shards.media import InputError
 from fbench.shards.plan import Plan, PlanError, Unit, check_unique_keys, count_video_frames, plan_units
 from fbench.shards.schema import SCHEMA_VERSION
 from fbench.shards.source import DatasetSource, SourceItem, SourceOptions, select_items
 from fbench.shards.worker import UnitWorker, init_worker, overlap_for, run_unit
+from fbench.shards.writer import TMP_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -218,11 +221,27 @@ def _mp_context(method: str, start: bool = False):
     return ctx
 
 
-def run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
-    """Prep one dataset (or one part of it) into shards; resumes where an earlier run stopped."""
-    from tqdm import tqdm
+def lock_path(dataset_dir: Path, part: tuple[int, int]) -> Path:
+    """The lock of one part of a prep output: parts of a job array run in parallel, two runs of
+    the same part do not (see fbench.lock)."""
+    return dataset_dir / STATE_DIR / f"lock.part-{part[0]}-of-{part[1]}"
 
-    from fbench.shards.manifest import build_manifest, manifest_names
+
+def stale_temporaries(dataset_dir: Path, dataset: str, units: list[Unit], names) -> list[Path]:
+    """Temporaries this part's writes leave when killed: its shards' `.tar.tmp`, its unit records'
+    and its manifest's atomic-write temporaries (fbench.io's names). Other parts' are not touched."""
+    found = [dataset_dir / (u.shard_relpath(dataset) + TMP_SUFFIX) for u in units]
+    for folder, name in [(dataset_dir / STATE_DIR / "units", u.record_name()) for u in units] + \
+            [(dataset_dir, names.manifest), (dataset_dir, names.rejects)]:
+        found += io_stale(folder, name) if folder.is_dir() else []
+    return found
+
+
+def run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
+    """Prep one dataset (or one part of it) into shards; resumes where an earlier run stopped.
+    Lists and checks the items first (nothing written), then holds the output part's lock while
+    it writes: a second run of the same part refuses (PrepError naming the holder)."""
+    from fbench.lock import LockHeldError, output_lock
 
     started = time.perf_counter()
     dataset = check_dataset_name(source.name)
@@ -233,7 +252,6 @@ def run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
         _mp_context(config.start_method, start=True)
     config = replace(config, landmarks=landmarks)
     dataset_dir = config.out / dataset
-    state_dir = dataset_dir / STATE_DIR
 
     try:
         grouped = select_items(source.items(config.root, config.options), source.splits, config.options)
@@ -249,6 +267,23 @@ def run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
         check_unique_keys(dataset, grouped)
     except PlanError as exc:
         raise PrepError(str(exc)) from exc
+    i, n = config.part
+    try:
+        with output_lock(lock_path(dataset_dir, config.part), f"prep output {dataset_dir} (part {i}/{n})"):
+            return _write_shards(source, config, sources, grouped, listing, started)
+    except LockHeldError as exc:
+        raise PrepError(str(exc)) from None
+
+
+def _write_shards(source: DatasetSource, config: PrepConfig, sources: dict[str, str | None],
+                  grouped: dict[str, list[SourceItem]], listing: dict[str, Any], started: float) -> PrepResult:
+    from tqdm import tqdm
+
+    from fbench.shards.manifest import build_manifest, manifest_names
+
+    dataset, landmarks = source.name, config.landmarks
+    dataset_dir = config.out / dataset
+    state_dir = dataset_dir / STATE_DIR
     frames = count_video_frames(config.root, (i for items in grouped.values() for i in items),
                                 state_dir / "video-frames.json", config.progress)
     plan = plan_units(dataset, grouped, frames, config.frame_stride, config.maxcount)
@@ -269,6 +304,8 @@ def run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
             records[(unit.split, unit.index)] = record
     todo = [u for u in mine if (u.split, u.index) not in records]
     skipped = len(mine) - len(todo)
+    names = manifest_names(config.part)
+    remove_stale(stale_temporaries(dataset_dir, dataset, mine, names), f"prep {dataset_dir}")
 
     def finished(unit: Unit, record: dict[str, Any]) -> None:
         record["identity"] = identity
@@ -286,7 +323,6 @@ def run_prep(source: DatasetSource, config: PrepConfig) -> PrepResult:
     finally:
         bar.close()
 
-    names = manifest_names(config.part)
     ordered = [records[(u.split, u.index)] for u in mine]
     manifest, rejects = build_manifest(dataset=dataset, config=config, sources=sources, versions=versions,
                                        identity=identity, splits=list(grouped), records=ordered,

@@ -55,12 +55,10 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
-    import cv2
+    """The RGB crop of a shard sample (through `fbench.safe_read.decode_image`: pixel limit first)."""
+    from fbench.safe_read import decode_image
 
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
-    if image is None:
-        raise ValueError("shard image member is not a decodable JPEG")
-    return image
+    return decode_image(data, "shard image member")
 
 
 def encode_sample(key: str, jpg: bytes, mp: np.ndarray, fan: np.ndarray, ann: np.ndarray | None,

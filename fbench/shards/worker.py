@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 import numpy as np
 
 from fbench.landmarks.annotate import Annotator
-from fbench.landmarks.crop import cut, frame_box, plan_crop, transform_points
+from fbench.landmarks.crop import MIN_INSIDE_FRACTION, cut, frame_box, inside_fraction, plan_crop, transform_points
 from fbench.shards.keys import safe_key
 from fbench.shards.media import InputError
 from fbench.shards.plan import Segment, Unit
@@ -266,6 +266,14 @@ class UnitWorker:
             raise InputError(f"{item.path}: no annotation landmarks (prep with --landmarks annotations)")
         lm = self.annotator(image, ann)
         box, box_source = lm.box, lm.box_source
+        if box is not None:
+            inside = inside_fraction(box, image.shape[0], image.shape[1], cfg.crop_scale)
+            if inside < MIN_INSIDE_FRACTION:
+                if frame is None:  # an image: the landmarks do not describe a face in it
+                    raise InputError(f"{item.path}: the face box from {box_source} lies mostly outside the "
+                                     f"{image.shape[1]}x{image.shape[0]} image ({inside:.0%} inside, centre "
+                                     f"{box.cx:.0f},{box.cy:.0f}); landmarks wrong?")
+                box = None  # a video frame keeps its row, cropped like a frame without a face
         if box is None:
             if frame is None:
                 found = "no annotation landmarks" if cfg.landmarks == "annotations" else \

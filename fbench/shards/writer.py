@@ -107,8 +107,10 @@ class ShardFile:
         return self._file.sha256.hexdigest(), self._file.size
 
     def abort(self) -> None:
-        self._file.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            self._file.close()  # may fail itself (a full disk fails the flush): the file goes anyway
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -56,7 +56,7 @@ from tqdm import tqdm
 from fbench.flame import FLAME, FlameParams
 from fbench.synth import SynthResult
 from fbench.synth.faces import N_EXP, Appearance, Camera, PoseRanges, render_photo, sample_params, torch_threads
-from fbench.io import atomic_write_text
+from fbench.io import atomic_write, atomic_write_text
 from fbench.synth.files import choose_corrupted, truncate_file
 from fbench.synth.ground_truth import GroundTruthWriter
 from fbench.synth.images import PHOTO_CONVENTIONS, mask_columns, photo_extras, write_jpeg
@@ -295,10 +295,7 @@ def write_npy_annotations(folder: Path, stem: str, expression: int, valence: flo
     names = []
     for field, array in arrays.items():
         path = folder / f"{stem}_{field}.npy"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        tmp.replace(path)
+        atomic_write(path, lambda f, a=array: np.save(f, a, allow_pickle=False))
         names.append(path.name)
     return names
 

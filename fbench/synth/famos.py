@@ -50,7 +50,7 @@ from fbench.synth.bp4d import (
     simulate_scan,
 )
 from fbench.synth.faces import PoseRanges, sample_params
-from fbench.io import atomic_write_bytes, atomic_write_text
+from fbench.io import atomic_write, atomic_write_bytes, atomic_write_text
 from fbench.synth.files import choose_corrupted, empty_file, truncate_file
 from fbench.synth.ground_truth import GroundTruthWriter
 from fbench.synth.remesh import remesh
@@ -168,11 +168,8 @@ def write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, variant: str
                     scans.append(rel_scan)
                     if variant == "release":  # the training form: points sampled on the scan surface, mm
                         points = sample_surface(scan_m * 1000.0, scan_faces, SAMPLED_POINTS, rng)
-                        rel_points = out / sampled_points_path(subject, sequence, frame)
-                        rel_points.parent.mkdir(parents=True, exist_ok=True)
-                        with open(rel_points.with_name(rel_points.name + ".tmp"), "wb") as f:
-                            np.save(f, points.astype(np.float32), allow_pickle=False)
-                        rel_points.with_name(rel_points.name + ".tmp").replace(rel_points)
+                        atomic_write(out / sampled_points_path(subject, sequence, frame),
+                                     lambda f, p=points: np.save(f, p.astype(np.float32), allow_pickle=False))
     corrupted = _corrupt(out, registrations, scans, corrupt, np.random.default_rng([seed, 77]))
     gt.write(out)
     return SynthResult(root=out, counts={"subjects": n, "sequences": n * len(SEQUENCES),
