@@ -117,3 +117,28 @@ def test_merge_manifests_command(toy_root: Path, tmp_path: Path, prepped: Path) 
     assert (tmp_path / "toy" / "rejects.jsonl").read_text().count("\n") == 3
     result = CliRunner().invoke(shards_group, ["merge-manifests", str(tmp_path / "toy" / "manifest.part-0000-of-0002.json")])
     assert result.exit_code == 1 and "missing [1]" in result.output
+
+
+def test_prep_settings_come_from_config_file_overrides_and_typed_options(toy_root: Path, tmp_path: Path) -> None:
+    """Defaults < --config < -o < typed options; the resolved config.yaml reproduces the run."""
+    import yaml
+
+    settings = tmp_path / "prep.yaml"
+    settings.write_text("landmarks: {size: 96, fan: 'off'}\nmaxcount: 7\nframe_stride: 3\n")
+    command = prep_command(ToySource(), "Toy prep.")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(command, ["--root", str(toy_root), "--out", str(out), "--no-progress",
+                                          "--config", str(settings), "-o", "maxcount=4", "--size", "64"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "toy" / "manifest.json").read_text())["config"]
+    assert manifest["landmarks"]["size"] == 64  # typed option beats the file
+    assert manifest["maxcount"] == 4  # -o beats the file
+    assert manifest["frame_stride"] == 3 and manifest["landmarks"]["fan"] == "off"  # from the file
+    resolved = yaml.safe_load((out / "toy" / "config.yaml").read_text())
+    assert resolved["landmarks"]["size"] == 64 and resolved["maxcount"] == 4 and resolved["root"] == str(toy_root)
+    again = CliRunner().invoke(command, ["--config", str(out / "toy" / "config.yaml"), "--out", str(tmp_path / "b"),
+                                         "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "b" / "toy" / "manifest.json").read_text())["config"] == manifest
+    bad = CliRunner().invoke(command, ["--root", str(toy_root), "--out", str(out), "-o", "landmarks.sise=3"])
+    assert bad.exit_code == 2 and "landmarks.sise" in bad.output and "Traceback" not in bad.output
