@@ -72,8 +72,16 @@ def test_generate_runs_the_generator_on_the_render_and_the_masked_crop(model, fl
     assert torch.equal(masked * ~hidden, images * ~hidden)  # the rest of the crop as it is
 
 
-def test_generator_png_for_an_image(model, flame, astronaut, tmp_path):
+def test_generator_png_for_an_image(model, flame, astronaut, tmp_path, monkeypatch):
     src = _write(tmp_path / "in" / "astronaut.png", astronaut)
+    seeds = []
+    generate = model.generate
+
+    def recording(images, params, landmarks, flame, generator=None):
+        seeds.append(generator.initial_seed())
+        return generate(images, params, landmarks, flame, generator)
+
+    monkeypatch.setattr(model, "generate", recording)
     options = ReconstructOptions(generator=True, flame=flame, progress=False)
     summary = run_reconstruct(model, [src], tmp_path / "out", options)
     assert summary.done == 1 and summary.faces == 1
@@ -89,6 +97,9 @@ def test_generator_png_for_an_image(model, flame, astronaut, tmp_path):
     path.unlink()
     run_reconstruct(model, [src], tmp_path / "out", options)
     assert path.read_bytes() == first  # the masking's randomness is seeded
+    run_reconstruct(model, [src], tmp_path / "seeded", ReconstructOptions(generator=True, flame=flame, progress=False,
+                                                                          generator_seed=7))
+    assert seeds == [0, 0, 7]
 
 
 def test_generator_mp4_for_a_video(model, flame, astronaut, tmp_path):
