@@ -295,8 +295,8 @@ class SmirkModel(nn.Module):
             raise ValueError("this SMIRK model has no generator (its checkpoint holds no smirk_generator.* weights)")
         size = int(images.shape[-1])
         cache = self.__dict__.setdefault("_generate_cache", {})
-        if cache.get("key") != (id(flame), size):  # ours: renderer and triangle weights built once per FLAME
-            cache.update(key=(id(flame), size), probabilities=masking.face_probabilities(flame),
+        if cache.get("flame") is not flame or cache.get("size") != size:  # ours: built once per FLAME and size
+            cache.update(flame=flame, size=size, probabilities=masking.face_probabilities(flame),
                          renderer=smirk_renderer_for(flame, "face", image_size=size))
         device = self.device
         images = images.to(device, torch.float32)
