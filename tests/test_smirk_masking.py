@@ -263,6 +263,7 @@ def test_noise_is_multiplicative_with_the_official_spread() -> None:
 
 @pytest.mark.parametrize("block_prob", [M.BLOCK_PROB, M.BLOCK_PROB_CYCLE])
 def test_block_dropping_keeps_the_official_share(block_prob: float) -> None:
+    assert (M.BLOCK_PROB, M.BLOCK_PROB_CYCLE) == (0.01, 0.005)
     img, hull = _hole(size=160, margin=10, n=32)
     extra = img * (M.dilate_face(hull) == 0)
     out = M.mask_image(img, hull, extra, extra_noise=False, block_prob=block_prob,
@@ -305,3 +306,24 @@ def test_demo_mask_and_generator_input(rendered, flame: FLAME) -> None:
     again = M.demo_masked_image(img, hull, rendered["rendered_img"], rendered["transformed_vertices"], flame.faces,
                                 probs, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again, runs[0])  # reproducible with a generator
+
+
+def test_cycle_mask_moves_kept_pixels_with_the_mesh(rendered, flame: FLAME) -> None:
+    probs = M.face_probabilities(flame)
+    tv = rendered["transformed_vertices"][:1].expand(4, -1, -1)
+    shift = 12
+    moved = tv.clone()
+    moved[..., 0] += 2 * shift / 224  # the augmented face, 12 pixels to the right
+    render = torch.roll(rendered["rendered_img"][:1], shift, dims=-1).expand(4, -1, -1, -1)
+    img = torch.zeros(4, 3, 224, 224)
+    img[:, 0] = torch.arange(224.0)[None, :] / 224 + 0.01  # red encodes the column
+    hull = torch.ones(4, 1, 224, 224)
+    hull[..., 30:200, 30:200] = 0
+    out = M.cycle_masked_image(img, hull, render, tv, moved, flame.faces, probs,
+                               generator=torch.Generator().manual_seed(13))
+    hidden = M.dilate_face(hull) == 0
+    cols = ((out[:, :1] > 0) & hidden)[:, 0].nonzero()[:, 2]
+    assert 200 < len(cols) / 4 < 400  # 501 points, 0.005 blocks keep ~55 % (0.01 would keep ~30 %)
+    source_col = out[:, 0][(out[:, :1] > 0)[:, 0] & hidden[:, 0]] - 0.01  # noisy by 5 %
+    offset = cols - source_col * 224  # the 5 % noise scatters it, its median is the move
+    assert abs(float(offset.median()) - shift) < 3

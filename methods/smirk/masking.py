@@ -20,6 +20,9 @@ The recipe (smirk_trainer.py:76-94, the first path of training):
    pixels (masking.py:92-97; 0.005 in the cycle path, smirk_trainer.py:293);
 4. the generator gets cat(rendered shading, masked image): 6 channels (smirk_trainer.py:94).
 
+The cycle path (`cycle_masked_image`) moves the kept pixels to where their surface points go
+on the augmented mesh and drops blocks around 0.005 of the pixels.
+
 The demo's inference mode (`demo_masked_image`, demo.py:138-165) draws 5 x 0.01 of the image
 in points and keeps a random prefix of them per image, between 1/25 and all of them.
 
@@ -287,6 +290,25 @@ def masked_image(image: Tensor, hull_mask: Tensor, rendered_img: Tensor, transfo
     return mask_image(image, hull_mask, extra, radius, rendered=rendered_mask(rendered_img), generator=generator)
 
 
+def cycle_masked_image(image: Tensor, hull_mask: Tensor, rendered_img: Tensor, transformed_vertices: Tensor,
+                       new_transformed_vertices: Tensor, faces: Tensor, probabilities: Tensor,
+                       mask_ratio: float = MASK_RATIO, radius: int = MASK_DILATION_RADIUS,
+                       generator: torch.Generator | None = None) -> Tensor:
+    """The cycle path's masked image (smirk_trainer.py:262-293): points drawn on the predicted
+    mesh (`transformed_vertices`) carry the image's pixels to the same surface points on the
+    augmented mesh (`new_transformed_vertices`, same topology and batch; its render is
+    `rendered_img`), I_aug(x_i + d_i) = I(x_i); the augmented render is hidden (mask where all
+    channels are > 0, smirk_trainer.py:290), noise as the first path, 0.005 blocks (:293)."""
+    points, coords = sample_mesh_points(transformed_vertices, faces, probabilities, mask_ratio, image.shape[-1],
+                                        generator=generator)
+    moved, _ = sample_mesh_points(new_transformed_vertices, faces, probabilities, mask_ratio, image.shape[-1],
+                                  coords=coords)
+    extra = transfer_pixels(image, points, moved) * coords["valid"].to(image)[:, None, None, None]
+    rendered = (rendered_img > 0).all(dim=1, keepdim=True).to(image)
+    return mask_image(image, hull_mask, extra, radius, rendered=rendered, block_prob=BLOCK_PROB_CYCLE,
+                      generator=generator)
+
+
 def demo_masked_image(image: Tensor, hull_mask: Tensor, rendered_img: Tensor, transformed_vertices: Tensor,
                       faces: Tensor, probabilities: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """The demo's masked image for inference (demo.py:138-165): 5 x 0.01 of the image sampled on
@@ -316,7 +338,7 @@ def hull_masks(landmarks: Any, size: int) -> Tensor:
 
 __all__ = [
     "AREA_WEIGHTS", "BLOCK_PROB", "BLOCK_PROB_CYCLE", "BLOCK_SIZE", "DEMO_MASK_RATIO_MUL", "MASK_DILATION_RADIUS",
-    "MASK_RATIO", "NOISE_STD", "NORMAL_Z_MAX", "area_probabilities", "demo_masked_image", "derive_mask_triangles",
+    "MASK_RATIO", "NOISE_STD", "NORMAL_Z_MAX", "area_probabilities", "cycle_masked_image", "demo_masked_image", "derive_mask_triangles",
     "dilate_face", "face_probabilities", "generator_input", "hull_masks", "mask_image", "masked_image",
     "random_barycentric", "rendered_mask", "sample_mesh_points", "sampling_weights", "square_max_filter", "transfer_pixels",
     "triangle_xy_area", "triangles_touching",
