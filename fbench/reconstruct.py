@@ -16,7 +16,10 @@ and, per input, finds faces with MediaPipe, cuts them with the method's `CropSpe
                               with a FLAME model, the method's 68 FLAME landmarks (red)
     OUT/<name>/generator.png|mp4 (options.generator) the method's image generator's
                               reconstruction of each face crop, pasted back over the input
-                              (methods with `generate`, e.g. SMIRK: see `check_generator`)
+                              (ours; SMIRK's demo shows the crop, or with --render_orig warps
+                              it onto black); methods with `generate`, e.g. SMIRK: see
+                              `check_generator`; the random masking is seeded per input
+                              (options.generator_seed)
     OUT/failures.jsonl        one line per unreadable input or image/frame without a face
 
 <name> is the input's file stem (inside a folder input: `<folder>/<stem>`), reduced to
