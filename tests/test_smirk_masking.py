@@ -113,8 +113,16 @@ def test_missing_triangle_and_mask_files_are_named(flame_dir: Path, tmp_path: Pa
     with pytest.raises(FlameFileError, match=r"FLAME_masks_triangles\.npy.*FLAME_masks\.pkl"):
         M.face_probabilities(FLAME(copy, n_exp=10))
     with open(copy / "FLAME_masks_triangles.npy", "wb") as fh:
-        pickle.dump({"lips": np.array([10 ** 6])}, fh)  # not even an .npy
-    with pytest.raises(FlameFileError, match=r"FLAME_masks_triangles\.npy"):
+        pickle.dump({"lips": np.array([1])}, fh)  # not even an .npy
+    with pytest.raises(FlameFileError, match=r"FLAME_masks_triangles\.npy: cannot be read"):
+        M.face_probabilities(FLAME(copy, n_exp=10))
+    with open(copy / "FLAME_masks_triangles.npy", "wb") as fh:
+        np.save(fh, np.array({"lips": np.array([10 ** 6])}, dtype=object), allow_pickle=True)
+    with pytest.raises(FlameFileError, match=r"FLAME_masks_triangles\.npy: 'lips' has indices outside"):
+        M.face_probabilities(FLAME(copy, n_exp=10))
+    with open(copy / "FLAME_masks_triangles.npy", "wb") as fh:
+        np.save(fh, np.array({"lips": np.array([1])}, dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"FLAME_masks_triangles\.npy: missing area\(s\) \['neck'"):
         M.face_probabilities(FLAME(copy, n_exp=10))
 
 
