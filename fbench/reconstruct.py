@@ -14,6 +14,12 @@ and, per input, finds faces with MediaPipe, cuts them with the method's `CropSpe
     OUT/<name>/render.png|mp4 (options.render) SMIRK's grey shading over the input
     OUT/<name>/landmarks.png|mp4 (options.landmarks) detected MediaPipe points (green) and,
                               with a FLAME model, the method's 68 FLAME landmarks (red)
+    OUT/<name>/generator.png|mp4 (options.generator) the method's image generator's
+                              reconstruction of each face crop, pasted back over the input
+                              (ours; SMIRK's demo shows the crop, or with --render_orig warps
+                              it onto black); methods with `generate`, e.g. SMIRK: see
+                              `check_generator`; the random masking is seeded per input
+                              (options.generator_seed)
     OUT/failures.jsonl        one line per unreadable input or image/frame without a face
 
 <name> is the input's file stem (inside a folder input: `<folder>/<stem>`), reduced to
@@ -81,6 +87,8 @@ class ReconstructOptions:
     mesh: str | None = None  # "obj" or "ply": write meshes (needs flame)
     render: bool = False  # SMIRK shading overlays (needs flame)
     landmarks: bool = False  # landmark overlays (FLAME landmarks too when flame is given)
+    generator: bool = False  # the method generator's reconstruction per input (needs flame; see check_generator)
+    generator_seed: int = 0  # seeds the generator input's random masking, per input (ours: reproducible)
     flame: Any = None  # a fbench.flame.FLAME module, for meshes, renders and FLAME landmarks
     smooth: str | None = None  # videos: "one-euro" or "savgol" (see the module doc)
     one_euro_min_cutoff: float = 1.0
@@ -96,8 +104,8 @@ class ReconstructOptions:
             raise ValueError(f"mesh format must be one of {MESH_FORMATS}, got {self.mesh!r}")
         if self.smooth is not None and self.smooth not in SMOOTHERS:
             raise ValueError(f"smoothing must be one of {SMOOTHERS}, got {self.smooth!r}")
-        if (self.mesh or self.render) and self.flame is None:
-            raise ValueError("meshes and renders need a FLAME model (options.flame)")
+        if (self.mesh or self.render or self.generator) and self.flame is None:
+            raise ValueError("meshes, renders and generator outputs need a FLAME model (options.flame)")
         for name in ("max_faces", "batch_size", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -177,6 +185,7 @@ def _job_done(job: _Job, options: ReconstructOptions) -> bool:
     ext = "png" if job.kind == "image" else "mp4"
     wanted = [job.out / f"render.{ext}"] if options.render else []
     wanted += [job.out / f"landmarks.{ext}"] if options.landmarks else []
+    wanted += [job.out / f"generator.{ext}"] if options.generator else []
     if options.mesh and job.kind == "video":
         wanted.append(job.out / "meshes")
     elif options.mesh:
@@ -458,8 +467,8 @@ def _flame_landmarks_source(fan_ndc: np.ndarray, affine: np.ndarray, size: int) 
 class _Writer:
     """Per-input outputs once all of its crops are reconstructed."""
 
-    def __init__(self, options: ReconstructOptions, spec: Any, n_exp: int) -> None:
-        self.options, self.spec, self.n_exp = options, spec, n_exp
+    def __init__(self, options: ReconstructOptions, spec: Any, n_exp: int, method: Any = None) -> None:
+        self.options, self.spec, self.n_exp, self.method = options, spec, n_exp, method
         self.flame = _Renderer(options.flame, spec.size, options.device) if options.flame is not None else None
 
     def arrays(self, job: _Job) -> dict[str, np.ndarray]:
@@ -485,7 +494,7 @@ class _Writer:
             if self.options.smooth and len(job.rows) > 1:
                 arrays = smooth_params(arrays, arrays["frame"], arrays["face"], job.fps, self.options)
         job.out.mkdir(parents=True, exist_ok=True)
-        if job.rows and (self.options.mesh or self.options.render or self.options.landmarks):
+        if job.rows and (self.options.mesh or self.options.render or self.options.landmarks or self.options.generator):
             if job.kind == "image":
                 self._image_outputs(job, arrays)
             else:
@@ -524,17 +533,46 @@ class _Writer:
             marked = _draw_landmarks(image, [arrays["landmarks_mp"][r] for r in rows], predicted)
         return rendered, marked
 
+    def _generated(self, image: np.ndarray, arrays: dict[str, np.ndarray], rows: np.ndarray,
+                   rng: Any) -> np.ndarray:
+        """The input with each face's crop replaced by the method generator's reconstruction of it
+        (the crop cut again from the source, as the network saw it)."""
+        import torch
+
+        from fbench.landmarks.crop import crop_for_method, transform_points
+
+        crops, points = [], []
+        for r in rows:
+            crop, _ = crop_for_method(image, arrays["landmarks_mp"][r], self.spec)
+            crops.append(crop)
+            points.append(transform_points(arrays["affine"][r], arrays["landmarks_mp"][r][:, :2]))
+        images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).to(self.options.device)
+        params = _to_params(arrays, rows, self.options.device)
+        out = self.method.generate(images, params, torch.from_numpy(np.stack(points)), self.options.flame, rng)
+        out = out.permute(0, 2, 3, 1).float().cpu().numpy()
+        ones = np.ones(out.shape[1:3], np.float32)
+        for i, r in enumerate(rows):
+            image = _overlay(image, out[i], ones, arrays["affine"][r])
+        return image
+
+    def _generator_rng(self) -> Any:
+        import torch
+
+        return torch.Generator().manual_seed(self.options.generator_seed)
+
     def _image_outputs(self, job: _Job, arrays: dict[str, np.ndarray]) -> None:
         from fbench.io import atomic_path
 
         rows = np.arange(len(job.rows))
-        geo = self._geometry(arrays, rows)
+        geo = self._geometry(arrays, rows) if self.options.mesh or self.options.render or self.options.landmarks \
+            else None
         if self.options.mesh and geo is not None:
             for i in rows:
                 suffix = "" if i == 0 else f"_face{i}"
                 self._write_mesh(job.out / f"mesh{suffix}.{self.options.mesh}", geo["vertices"][i])
         rendered, marked = self._decorate(job.image, arrays, rows, geo)
-        for name, picture in (("render", rendered), ("landmarks", marked)):
+        generated = self._generated(job.image, arrays, rows, self._generator_rng()) if self.options.generator else None
+        for name, picture in (("render", rendered), ("landmarks", marked), ("generator", generated)):
             if picture is not None:
                 import cv2
 
@@ -553,18 +591,24 @@ class _Writer:
                 geo = self._geometry(arrays, rows)
                 for i, r in enumerate(rows):
                     self._write_mesh(job.out / "meshes" / f"{frames[r]:06d}.{self.options.mesh}", geo["vertices"][i])
-        if not (self.options.render or self.options.landmarks):
+        if not (self.options.render or self.options.landmarks or self.options.generator):
             return
         by_frame: dict[int, list[int]] = {}
         for r, f in enumerate(frames):
             by_frame.setdefault(int(f), []).append(r)
         rendered_frames: list[np.ndarray] = []
         marked_frames: list[np.ndarray] = []
+        generated_frames: list[np.ndarray] = []
+        rng = self._generator_rng()
+        decorate = self.options.render or self.options.landmarks
         # Re-decode instead of holding every frame in memory (ours).
         for index, frame in iter_video_frames(job.path, threads=1):
             rows = np.array(by_frame.get(index, []), dtype=np.int64)
-            frame = frame[: frame.shape[0] // 2 * 2, : frame.shape[1] // 2 * 2]  # yuv420p needs even sizes
-            if len(rows):
+            even = (slice(0, frame.shape[0] // 2 * 2), slice(0, frame.shape[1] // 2 * 2))  # yuv420p needs even sizes
+            if self.options.generator:  # crops cut from the whole frame, as the network saw them
+                generated_frames.append((self._generated(frame, arrays, rows, rng) if len(rows) else frame)[even])
+            frame = frame[even]
+            if len(rows) and decorate:
                 rendered, marked = self._decorate(frame, arrays, rows, self._geometry(arrays, rows))
             else:
                 rendered, marked = frame, frame
@@ -577,6 +621,21 @@ class _Writer:
             write_h264(job.out / "render.mp4", rendered_frames, fps)
         if self.options.landmarks:
             write_h264(job.out / "landmarks.mp4", marked_frames, fps)
+        if self.options.generator:
+            write_h264(job.out / "generator.mp4", generated_frames, fps)
+
+
+def check_generator(reconstructor: Any) -> None:
+    """Raise a one-line ValueError unless the method can make generator outputs: it needs a
+    `generate(images, params, landmarks, flame, generator=None)` method (crops (B, 3, S, S) in
+    [0, 1], their FlameParams, MediaPipe points in crop pixels, a FLAME model, a torch.Generator
+    -> (B, 3, S, S) in [0, 1]) and a `generator` that is not None."""
+    name = type(reconstructor).__name__
+    if not callable(getattr(reconstructor, "generate", None)):
+        raise ValueError(  # noqa: TRY004 - a user error, shown as one line by the CLI
+            f"--generator: the method's model ({name}) has no image generator (SMIRK models have one)")
+    if getattr(reconstructor, "generator", None) is None:
+        raise ValueError(f"--generator: this {name} has no generator (its checkpoint holds only the encoder)")
 
 
 # ---------------------------------------------------------------------------------- run
@@ -600,6 +659,8 @@ def run_reconstruct(reconstructor: Any, inputs: Sequence[str | Path], out_dir: s
     from tqdm import tqdm
 
     options = options or ReconstructOptions()
+    if options.generator:
+        check_generator(reconstructor)
     out_dir = Path(out_dir)
     jobs = collect_inputs(inputs, out_dir)
     summary = ReconstructSummary(inputs=len(jobs))
@@ -615,9 +676,9 @@ def run_reconstruct(reconstructor: Any, inputs: Sequence[str | Path], out_dir: s
     if options.flame is not None:
         options.flame.to(options.device)
     spec = reconstructor.crop
-    writer = _Writer(options, spec, int(reconstructor.n_exp))
+    writer = _Writer(options, spec, int(reconstructor.n_exp), reconstructor)
     detect = _Detect(spec, options)
-    keep_images = bool(options.render or options.landmarks)
+    keep_images = bool(options.render or options.landmarks or options.generator)
     out_dir.mkdir(parents=True, exist_ok=True)
     lookahead = max(2 * options.batch_size, 4 * options.workers)
     items: queue.Queue = queue.Queue(maxsize=lookahead)
@@ -693,5 +754,5 @@ def run_reconstruct(reconstructor: Any, inputs: Sequence[str | Path], out_dir: s
     return summary
 
 
-__all__ = ["ReconstructOptions", "ReconstructSummary", "collect_inputs", "load_reconstruction", "one_euro",
+__all__ = ["ReconstructOptions", "ReconstructSummary", "check_generator", "collect_inputs", "load_reconstruction", "one_euro",
            "run_reconstruct", "savgol", "smooth_params"]

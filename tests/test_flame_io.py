@@ -48,7 +48,7 @@ def test_a_directory_with_only_the_model_decodes_and_uses_name_the_missing_compa
                  "r_eyelid.npy"):
         (flame_copy / name).unlink()
     assets = load_flame_assets(flame_copy)
-    assert set(assets.missing) == {"landmarks", "mediapipe", "masks", "l_eyelid", "r_eyelid"}
+    assert set(assets.missing) == {"landmarks", "mediapipe", "masks", "l_eyelid", "r_eyelid", "mask_triangles"}
     bare = FLAME(assets)
     params = FlameParams.zeros(2, n_exp=10)
     params.expression[:, :3] = torch.tensor([1.5, -1.0, 0.5])

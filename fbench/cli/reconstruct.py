@@ -25,6 +25,9 @@ from fbench.registry import PluginError, registry
 @click.option("--mesh", type=click.Choice(["obj", "ply"]), default=None, help="Also write FLAME meshes.")
 @click.option("--render", is_flag=True, help="Also write SMIRK's grey shading over the input (PNG; MP4 for videos).")
 @click.option("--landmarks", is_flag=True, help="Also write landmark overlays.")
+@click.option("--generator", is_flag=True,
+              help="Also write the method's image generator's reconstruction of each face (PNG; MP4 for videos), "
+                   "made as SMIRK's demo makes it (render, masked crop, generator).")
 @click.option("--smooth", type=click.Choice(["one-euro", "savgol"]), default=None,
               help="Videos: smooth the parameters over time (see fbench/reconstruct.py for the parameters).")
 @click.option("--one-euro-min-cutoff", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
@@ -42,7 +45,7 @@ from fbench.registry import PluginError, registry
 @flame_option
 @user_errors(ValueError)
 def reconstruct(inputs: tuple[Path, ...], method_name: str, checkpoint: Path | None, method_options: tuple[str, ...],
-                out: Path, all_faces: bool, max_faces: int, mesh: str | None, render: bool, landmarks: bool,
+                out: Path, all_faces: bool, max_faces: int, mesh: str | None, render: bool, landmarks: bool, generator: bool,
                 smooth: str | None, one_euro_min_cutoff: float, one_euro_beta: float, savgol_window: int,
                 savgol_order: int, batch_size: int, workers: int, device: str, resume: bool, progress: bool,
                 flame: Path | None) -> None:
@@ -55,18 +58,21 @@ def reconstruct(inputs: tuple[Path, ...], method_name: str, checkpoint: Path | N
     Examples:
       fbench reconstruct photo.jpg --method smirk --checkpoint SMIRK_em1.pt --mesh obj --render
       fbench reconstruct photos/ clip.mp4 --method smirk --out recon/ --smooth one-euro
+      fbench reconstruct photo.jpg --method smirk --checkpoint SMIRK_em1.pt --generator
     """
-    from fbench.reconstruct import ReconstructOptions, run_reconstruct
+    from fbench.reconstruct import ReconstructOptions, check_generator, run_reconstruct
 
     try:
         method = registry("methods").get(method_name)
     except PluginError as exc:
         raise click.ClickException(str(exc)) from exc
     model = method_reconstructor(method, checkpoint, method_options)
-    needs_flame = mesh is not None or render or landmarks
+    if generator:
+        check_generator(model)
+    needs_flame = mesh is not None or render or landmarks or generator
     options = ReconstructOptions(
         all_faces=all_faces, max_faces=max_faces, batch_size=batch_size, device=device, workers=workers, mesh=mesh,
-        render=render, landmarks=landmarks, flame=load_flame_announced(flame, n_exp=model.n_exp) if needs_flame else None,
+        render=render, landmarks=landmarks, generator=generator, flame=load_flame_announced(flame, n_exp=model.n_exp) if needs_flame else None,
         smooth=smooth, one_euro_min_cutoff=one_euro_min_cutoff, one_euro_beta=one_euro_beta,
         savgol_window=savgol_window, savgol_order=savgol_order, resume=resume, progress=progress)
     summary = run_reconstruct(model, inputs, out, options)

@@ -7,6 +7,9 @@ A FLAME directory holds (real FLAME2020 with SMIRK's assets, or the synthetic mo
     mediapipe_landmark_embedding.npz        105 MediaPipe landmarks
     FLAME_masks.pkl                         vertex masks (face, lips, eyes, ...)
     l_eyelid.npy, r_eyelid.npy              SMIRK's eyelid blendshapes
+    FLAME_masks_triangles.npy               optional: SMIRK's triangle indices per face area (its masking
+                                            sampler; `load_mask_triangles`; methods.smirk.masking derives
+                                            an equivalent from FLAME_masks.pkl when it is absent)
 
 SMIRK's own `assets/` layout (sub-folders FLAME2020/, FLAME_masks/,
 mediapipe_landmark_embedding/) is accepted as it is. Sizes always come from the files.
@@ -34,6 +37,7 @@ FILE_CANDIDATES: dict[str, tuple[str, ...]] = {
     "masks": ("FLAME_masks.pkl", "FLAME_masks/FLAME_masks.pkl"),
     "l_eyelid": ("l_eyelid.npy",),
     "r_eyelid": ("r_eyelid.npy",),
+    "mask_triangles": ("FLAME_masks_triangles.npy", "FLAME_masks/FLAME_masks_triangles.npy"),
 }
 MASK_NAMES = ("face", "eye_region", "left_eye_region", "right_eye_region", "lips", "nose", "forehead", "scalp",
               "boundary", "neck", "left_ear", "right_ear", "left_eyeball", "right_eyeball")
@@ -201,8 +205,8 @@ def load_flame_model(path: str | Path) -> dict[str, np.ndarray]:
     parents[0] = -1  # stored as uint32 max
     if (parents[1:] < 0).any() or (parents[1:] >= np.arange(1, num_j)).any():
         raise FlameFileError(f"{path}: kintree_table parents must precede their children")
-    return dict(v_template=v_template, faces=faces, shapedirs=shapedirs, posedirs=posedirs,
-                j_regressor=j_regressor, parents=parents, weights=weights)
+    return {"v_template": v_template, "faces": faces, "shapedirs": shapedirs, "posedirs": posedirs,
+                "j_regressor": j_regressor, "parents": parents, "weights": weights}
 
 
 def load_flame_assets(flame_dir: str | Path) -> FlameAssets:
@@ -277,6 +281,18 @@ def _load_mediapipe(path: Path, num_f: int) -> tuple[np.ndarray, ...]:
     _check_indices(mp_faces, num_f, path, "lmk_face_idx")
     _check_indices(mp_indices, 478, path, "landmark_indices")
     return mp_faces, mp_bary, mp_indices
+
+
+def load_mask_triangles(path: str | Path, num_faces: int) -> dict[str, np.ndarray]:
+    """SMIRK's FLAME_masks_triangles.npy (a pickled dict: area name -> triangle indices), read
+    through the restricted unpickler; each value as a sorted unique int64 array in [0, num_faces)."""
+    path = Path(path)
+    raw = _load_mapping(path)
+    areas = {}
+    for name, value in raw.items():
+        areas[str(name)] = np.unique(_as_array(value, path, str(name), np.int64).reshape(-1))
+        _check_indices(areas[str(name)], num_faces, path, str(name))
+    return areas
 
 
 def _load_masks(path: Path, num_v: int) -> dict[str, np.ndarray]:

@@ -275,3 +275,39 @@ class SmirkModel(nn.Module):
         finally:
             self.train(was_training)
         return flame_params(out).to("cpu")
+
+    @torch.inference_mode()
+    def generate(self, images: Tensor, params: FlameParams, landmarks: Tensor, flame: nn.Module,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """The generator's reconstruction of crops, as the official demo makes it (demo.py:132-169).
+
+        images: (B, 3, S, S) RGB crops in [0, 1] (`crop`); params: their FlameParams;
+        landmarks: (B, N, >=2) MediaPipe points in crop pixels (the face hull); flame: a fbench
+        FLAME with the encoder's expression size. The FLAME face is rendered with fbench's SMIRK
+        renderer, the crop masked in the demo's inference mode
+        (`methods.smirk.masking.demo_masked_image`, randomness from `generator`), and the
+        6-channel input run through `generator` in eval mode. Returns (B, 3, S, S) in [0, 1].
+        """
+        from fbench.render.smirk import render_flame, smirk_renderer_for
+        from methods.smirk import masking
+
+        if self.smirk_generator is None:
+            raise ValueError("this SMIRK model has no generator (its checkpoint holds no smirk_generator.* weights)")
+        size = int(images.shape[-1])
+        cache = self.__dict__.setdefault("_generate_cache", {})
+        if cache.get("flame") is not flame or cache.get("size") != size:  # ours: built once per FLAME and size
+            cache.update(flame=flame, size=size, probabilities=masking.face_probabilities(flame),
+                         renderer=smirk_renderer_for(flame, "face", image_size=size))
+        device = self.device
+        images = images.to(device, torch.float32)
+        flame.to(device)
+        rendered = render_flame(flame, params.to(device=device), cache["renderer"].to(device))
+        hull = masking.hull_masks(landmarks, size).to(device)
+        masked = masking.demo_masked_image(images, hull, rendered["rendered_img"], rendered["transformed_vertices"],
+                                           flame.faces, cache["probabilities"], generator=generator)
+        was_training = self.smirk_generator.training
+        self.smirk_generator.eval()
+        try:
+            return self.smirk_generator(masking.generator_input(rendered["rendered_img"].to(images), masked))
+        finally:
+            self.smirk_generator.train(was_training)
