@@ -1,0 +1,153 @@
+"""A toy training task for the loop's tests, and a launcher that mounts it as `fbench train toy`.
+
+The task: a linear model (8 -> 3) with dropout on synthetic data drawn from a generator
+seeded by (seed, epoch, rank), trained with Adam. It draws from python's, numpy's and
+torch's global RNGs in every step (noise in the targets, dropout), so an exact resume
+needs every one of them restored, and its loader needs the data position.
+
+`python tests/train_support.py ARGS` runs `fbench ARGS` with the toy method in the registry
+(also under `torchrun`). `TOY_STALL_AT=N` makes step N hang after its optimiser step and
+after writing `stalled` into the run folder: the kill test's moment to SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from fbench.plugins import MethodPlugin
+from fbench.train import RunContext, TaskBase, sync_gradients
+
+TRUE_W = torch.linspace(-1, 1, 24).reshape(3, 8)
+
+
+@dataclass
+class ToyConfig:
+    batch: int = 4  # per rank
+    lr: float = 0.05
+    n_batches: int = 3  # batches per epoch (len of the loader)
+    dropout: float = 0.2
+    clip: float = 0.0  # gradient clipping (after sync_gradients), 0: none
+    noise: float = 0.01  # target noise from the global RNGs (0 for the data-parallel comparison)
+
+
+class ToyData(torch.utils.data.IterableDataset):
+    """Batches of one epoch, drawn from a generator seeded by (seed, epoch); rank r of w takes
+    rows r::w of each global batch, so w ranks of batch b see what one process of batch w*b sees."""
+
+    def __init__(self, seed: int, epoch: int, n_batches: int, batch: int, rank: int, world: int) -> None:
+        self.seed, self.epoch, self.n, self.batch, self.rank, self.world = seed, epoch, n_batches, batch, rank, world
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        for _ in range(self.n):
+            x = torch.randn(self.batch * self.world, 8, generator=g)
+            yield {"x": x[self.rank::self.world], "y": (x @ TRUE_W.T)[self.rank::self.world]}
+
+
+class ToyTask(TaskBase):
+    def __init__(self, config: ToyConfig) -> None:
+        self.config = config
+        self.model = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(8, 3))
+        self.seen: list[int] = []  # task state: steps run, checkpointed through state_dict
+
+    def modules(self) -> Mapping[str, nn.Module]:
+        return {"model": self.model}
+
+    def configure_optimizers(self) -> Mapping[str, torch.optim.Optimizer]:
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
+        return {"adam": self.opt}
+
+    def train_loader(self, epoch: int) -> Iterable[Any]:
+        run: RunContext = self.run
+        return torch.utils.data.DataLoader(ToyData(run.seed, epoch, self.config.n_batches,
+                                                   self.config.batch,
+                                                   run.rank, run.world_size), batch_size=None)
+
+    def training_step(self, batch: Any, step: int) -> Mapping[str, float]:
+        noise = self.config.noise * (random.random() + float(np.random.rand()))  # python and numpy global RNGs
+        y = batch["y"] + noise * torch.randn_like(batch["y"])  # torch global RNG
+        loss = ((self.model(batch["x"]) - y) ** 2).mean()
+        self.opt.zero_grad()
+        loss.backward()
+        if self.config.clip:
+            sync_gradients(self.model.parameters())
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+        self.opt.step()
+        self.seen.append(step)
+        if os.environ.get("TOY_STALL_AT") == str(step) and self.run.is_main:
+            (self.run.out / "stalled").write_text(str(step))
+            time.sleep(600)
+        return {"loss": loss}  # a tensor: the loop converts it
+
+    def val_loader(self) -> Iterable[Any] | None:
+        return ToyData(self.run.seed + 7, 0, 2, self.config.batch, self.run.rank, self.run.world_size)
+
+    def validation_step(self, batch: Any, step: int) -> Mapping[str, float]:
+        return {"val_mse": float(((self.model(batch["x"]) - batch["y"]) ** 2).mean())}
+
+    def visualize(self, batch: Any, step: int) -> torch.Tensor | None:
+        w = self.model[1].weight.detach().cpu()
+        img = (w - w.min()) / (w.max() - w.min() + 1e-9)
+        return img.reshape(1, 1, 3, 8).expand(2, 3, 3, 8).repeat_interleave(4, -1).repeat_interleave(4, -2)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": list(self.seen)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.seen = list(state["seen"])
+
+    def export(self, out: Path) -> list[Path]:
+        from fbench.io import save_checkpoint
+
+        return [save_checkpoint(out / "toy.pt", {"model": self.model.state_dict()})]
+
+
+def _unavailable(*args: Any) -> Any:
+    raise NotImplementedError("the toy method trains only")
+
+
+TOY = MethodPlugin(name="toy", summary="a linear toy model (tests)", config=ToyConfig, build=_unavailable,
+                   from_checkpoint=_unavailable, task=ToyTask)
+UNTRAINABLE = MethodPlugin(name="frozen", summary="a method without a training task (tests)", config=ToyConfig,
+                           build=_unavailable, from_checkpoint=_unavailable, task=None)
+
+
+def mount(methods: Mapping[str, MethodPlugin] | None = None) -> dict[str, Any]:
+    """A methods registry holding the toy plugins; returns the registries dict entry to set."""
+    from importlib.metadata import EntryPoint
+
+    from fbench.registry import SPECS, Registry
+
+    methods = methods or {"toy": TOY, "frozen": UNTRAINABLE}
+    module = sys.modules[__name__].__name__
+    for attr, plugin in methods.items():
+        globals()[f"_plugin_{attr}"] = plugin
+    return Registry(SPECS["methods"], [EntryPoint(n, f"{module}:_plugin_{n}", "fbench.methods") for n in methods])
+
+
+if __name__ == "__main__":
+    import fbench.registry as registry_module
+
+    sys.modules.setdefault("train_support", sys.modules["__main__"])
+    registry_module._REGISTRIES["methods"] = mount()
+    from fbench.cli import main
+
+    main(sys.argv[1:], prog_name="fbench")
