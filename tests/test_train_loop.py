@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 import fbench.registry as registry_module
 from fbench.io import load_checkpoint
+from fbench.plugins import TrainingTask
 from fbench.train import LoopConfig, train
 from fbench.train.logs import MetricLog
 from fbench.train.loop import cosine_factor, make_schedulers
@@ -208,6 +209,34 @@ def _torchrun(tmp_path: Path, out: Path, batch: int, nproc: int) -> subprocess.C
                           check=False)
 
 
+def test_two_spawned_gloo_ranks_train_as_one_process_with_twice_the_batch(tmp_path, one_torch_thread):
+    # Fast variant of the torchrun test below: two ranks from torch.multiprocessing, the
+    # single-process reference in this process.
+    import socket
+
+    import torch.multiprocessing as mp
+
+    config = train_support.ToyConfig(batch=4, noise=0.0, dropout=0.0)  # no clipping: the pre-step hook syncs
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(train_support.ddp_worker, args=(2, port, str(tmp_path / "two"), config, 3), nprocs=2, join=True)
+    from dataclasses import replace
+
+    train(lambda: train_support.ToyTask(replace(config, batch=8)),
+          LoopConfig(max_steps=3, progress=False, checkpoint_every=3, device="cpu"), tmp_path / "one")
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not all(torch.equal(a[k], _weights_of_untrained()[k]) for k in a)
+
+
+def _weights_of_untrained() -> dict[str, torch.Tensor]:
+    from fbench.train import seed_everything
+
+    seed_everything(0)
+    return train_support.ToyTask(train_support.ToyConfig()).model.state_dict()
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_train_as_one_process_with_twice_the_batch(tmp_path):
     one = _torchrun(tmp_path, tmp_path / "one", batch=8, nproc=1)
@@ -249,3 +278,14 @@ def test_gradients_are_averaged_once_before_each_step(monkeypatch):
         assert torch.allclose(w, torch.full((2, 3), -(3 + 1) / 2)) and torch.allclose(b, -(torch.arange(3.0) + 1) / 2)
     assert calls == [9, 9]  # one flat all-reduce per sync
     hook.remove()
+
+
+def test_the_loop_refuses_a_task_that_misses_part_of_the_protocol(tmp_path):
+    class Half:
+        def modules(self):
+            return {}
+
+    with pytest.raises(TypeError, match=r"Half is not a fbench.plugins.TrainingTask \(missing \['setup', "
+                                        r"'configure_optimizers', 'train_loader'"):
+        train(Half, LoopConfig(max_steps=1, progress=False), tmp_path)
+    assert isinstance(train_support.ToyTask(train_support.ToyConfig()), TrainingTask)

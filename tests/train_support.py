@@ -151,3 +151,14 @@ if __name__ == "__main__":
     from fbench.cli import main
 
     main(sys.argv[1:], prog_name="fbench")
+
+
+def ddp_worker(rank: int, world: int, port: int, out: str, config: ToyConfig, steps: int) -> None:
+    """One rank of a data-parallel toy run started by `torch.multiprocessing.spawn` (as torchrun would)."""
+    from fbench.train import LoopConfig, train
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    train(lambda: ToyTask(config), LoopConfig(max_steps=steps, progress=False, checkpoint_every=steps, device="cpu"),
+          Path(out))

@@ -34,10 +34,13 @@ import numpy as np
 import torch
 
 from fbench.io import CheckpointError, load_checkpoint, save_checkpoint
+from fbench.plugins import TrainingTask
 from fbench.train import distributed as D
 from fbench.train.logs import MetricLog
 
 CHECKPOINT_KIND = "fbench-train"
+_PROTOCOL = ("setup", "modules", "configure_optimizers", "train_loader", "training_step", "val_loader",
+             "validation_step", "visualize", "state_dict", "load_state_dict", "export")
 
 
 @dataclass
@@ -278,6 +281,10 @@ def _train(make_task: Callable[[], Any], loop: LoopConfig, out: Path, device: to
     say = echo if main else (lambda s: None)
     seed_everything(loop.seed)  # the same on every rank: identical initial weights
     task = make_task()
+    if not isinstance(task, TrainingTask):
+        missing = [m for m in _PROTOCOL if not callable(getattr(task, m, None))]
+        raise TypeError(f"{type(task).__name__} is not a fbench.plugins.TrainingTask (missing {missing}; "
+                        "fbench.train.TaskBase provides the optional ones)")
     run = RunContext(out=out, device=device, seed=loop.seed, rank=info.rank, world_size=info.world_size,
                      shards=shards, flame=flame, loop=loop)
     task.setup(run)
