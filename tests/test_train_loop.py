@@ -62,19 +62,23 @@ def _same_run(a: Path, b: Path) -> None:
         assert png.read_bytes() == (b / "images" / png.name).read_bytes()
 
 
-def test_train_cli_trains_and_a_stopped_run_resumes_to_the_same_parameters(toy_cli, tmp_path, one_torch_thread):
+@pytest.mark.parametrize("stop, position", [(4, (1, 1)), (3, (1, 0))], ids=["mid-epoch", "epoch-end"])
+def test_train_cli_trains_and_a_stopped_run_resumes_to_the_same_parameters(toy_cli, tmp_path, one_torch_thread,
+                                                                           stop, position):
     # 7 steps of 3 per epoch; the resumed run stops at step 4, mid-epoch 1 (data position and
-    # every RNG stream matter), then continues to 7.
+    # every RNG stream matter), or at 3, the end of epoch 0; then continues to 7.
     full, part = tmp_path / "full", tmp_path / "part"
     r = toy_cli("toy", "--out", str(full), "-o", "loop.max_steps=7", *FAST)
     assert r.exit_code == 0, r.output
     assert "shards:" in r.output and f"run: {full.resolve()}" in r.output
-    r = toy_cli("toy", "--out", str(part), "-o", "loop.max_steps=4", *FAST)
+    r = toy_cli("toy", "--out", str(part), "-o", f"loop.max_steps={stop}", *FAST)
     assert r.exit_code == 0, r.output
-    assert load_checkpoint(part / "checkpoints" / "last.pt")["position"] == {"step": 4, "epoch": 1, "batch": 1}
+    epoch, batch = position
+    assert load_checkpoint(part / "checkpoints" / "last.pt")["position"] == {"step": stop, "epoch": epoch,
+                                                                               "batch": batch}
     r = toy_cli("toy", "--out", str(part), "--resume", "-o", "loop.max_steps=7")  # config from part/config.yaml
     assert r.exit_code == 0, r.output
-    assert "resuming" in r.output and "at step 4 (epoch 1, batch 1)" in r.output
+    assert "resuming" in r.output and f"at step {stop} (epoch {epoch}, batch {batch})" in r.output
     _same_run(full, part)
     assert load_checkpoint(full / "checkpoints" / "last.pt")["task"]["seen"] == list(range(7))
     for name in ("config.yaml", "summary.json", "toy.pt", "images/step_0000003.png", "images/step_0000006.png"):

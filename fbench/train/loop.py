@@ -54,10 +54,10 @@ class LoopConfig:
     steps_per_epoch: int = 0  # 0: len() of the epoch's loader (an endless stream needs a number)
     schedule: Literal["constant", "cosine", "cosine_epoch"] = "constant"  # cosine_epoch restarts each epoch
     min_lr_factor: float = 0.01  # cosine schedules end at this fraction of each group's lr
-    log_every: int = 10  # steps between metrics.csv rows
+    log_every: int = 10  # steps between metrics.csv rows; 0: the last step only
     val_every: int = 0  # steps between validations; 0: at the end of every epoch
     val_batches: int = 0  # batches per validation; 0: the whole validation loader
-    checkpoint_every: int = 500  # steps between checkpoints/last.pt (and at the end)
+    checkpoint_every: int = 500  # steps between checkpoints/last.pt; 0: at the end only
     keep_every: int = 0  # also keep checkpoints/step_<step>.pt every N steps; 0: never
     visualize_every: int = 0  # steps between PNG grids in images/; 0: never
     progress: bool = True  # tqdm bar (rank 0)
@@ -415,9 +415,9 @@ def _train(make_task: Callable[[], Any], loop: LoopConfig, out: Path, device: to
             batches = iter(loader)
             for _ in range(skip):  # data already trained on before the checkpoint
                 next(batches, None)
-            if rng_saved is not None:
-                set_rng_state(rng_saved)
-                rng_saved = None
+            if rng_saved is not None and skip:
+                set_rng_state(rng_saved)  # mid-epoch; at an epoch's start the reseed above is the state
+            rng_saved = None
             in_epoch = skip
             skip = 0
             for batch in batches:
@@ -429,7 +429,7 @@ def _train(make_task: Callable[[], Any], loop: LoopConfig, out: Path, device: to
                 in_epoch += 1
                 for k, v in metrics.items():
                     window.setdefault(k, []).append(float(v.detach()) if isinstance(v, torch.Tensor) else float(v))
-                if log is not None and (step % max(loop.log_every, 1) == 0 or step == total):
+                if log is not None and ((loop.log_every and step % loop.log_every == 0) or step == total):
                     row = {k: sum(v) / len(v) for k, v in window.items()}
                     row.update({f"lr_{k}": o.param_groups[0]["lr"] for k, o in optimizers.items()})
                     log.write(step, epoch, "train", time.monotonic() - started, row)
@@ -443,7 +443,7 @@ def _train(make_task: Callable[[], Any], loop: LoopConfig, out: Path, device: to
                     validate(step, epoch)
                 if loop.visualize_every and step % loop.visualize_every == 0:
                     visualize(batch, step)
-                if step % max(loop.checkpoint_every, 1) == 0 or step == total:
+                if (loop.checkpoint_every and step % loop.checkpoint_every == 0) or step == total:
                     # the position of the next batch: the next epoch's first after this epoch's last
                     last = checkpoint(step, epoch + 1 if end_of_epoch else epoch, 0 if end_of_epoch else in_epoch)
                 if end_of_epoch or step >= total:
@@ -452,8 +452,7 @@ def _train(make_task: Callable[[], Any], loop: LoopConfig, out: Path, device: to
                 say(f"warning: epoch {epoch}'s loader ended after {in_epoch} of {per_epoch} batches")
                 if not loop.val_every:
                     validate(step, epoch)
-                if step % max(loop.checkpoint_every, 1) != 0:
-                    last = checkpoint(step, epoch + 1, 0)
+                last = checkpoint(step, epoch + 1, 0)
             last_epoch = epoch
             epoch += 1
     finally:
