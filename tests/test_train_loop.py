@@ -110,9 +110,13 @@ def test_a_killed_run_resumes_to_the_parameters_of_an_uninterrupted_run(toy_cli,
     assert proc.returncode == -signal.SIGKILL
     assert load_checkpoint(killed / "checkpoints" / "last.pt")["position"]["step"] == 4
     assert any(r["step"] == "5" for r in _rows(killed))  # a row past the checkpoint, to be dropped
+    (killed / "checkpoints" / ".last.pt.x1.tmp.pt").write_bytes(b"torn")  # as a kill mid-write leaves
     r = toy_cli("toy", "--out", str(killed), "--resume")
     assert r.exit_code == 0, r.output
+    assert "warning" not in r.output and not list((killed / "checkpoints").glob(".*tmp*"))
     _same_run(full, killed)
+    r = toy_cli("toy", "--out", str(killed), "--resume", "-o", "loop.seed=3", "-o", "loop.max_steps=9")
+    assert "warning: loop seed 0 -> 3 since" in r.output
 
 
 def test_train_cli_errors_and_defaults(toy_cli, tmp_path, monkeypatch):

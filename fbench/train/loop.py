@@ -33,12 +33,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from fbench.io import CheckpointError, load_checkpoint, save_checkpoint
+from fbench.config import to_plain
+from fbench.io import CheckpointError, load_checkpoint, save_checkpoint, stale_temporaries
 from fbench.plugins import TrainingTask
 from fbench.train import distributed as D
 from fbench.train.logs import MetricLog
 
 CHECKPOINT_KIND = "fbench-train"
+# loop settings whose change between a checkpoint and its resumption breaks exact continuation
+EXACTNESS_KEYS = ("seed", "steps_per_epoch", "schedule", "min_lr_factor")
 _PROTOCOL = ("setup", "modules", "configure_optimizers", "train_loader", "training_step", "val_loader",
              "validation_step", "visualize", "state_dict", "load_state_dict", "export")
 
@@ -328,6 +331,14 @@ def _train(make_task: Callable[[], Any], loop: LoopConfig, out: Path, device: to
         elif skip:
             say(f"warning: {ckpt_path} was written by {len(rngs)} processes, this run has {info.world_size}; "
                 "random streams restart from the epoch's seed (not an exact continuation)")
+        saved_loop = data["__fbench__"].get("loop", {})
+        changed = [k for k in EXACTNESS_KEYS if k in saved_loop and saved_loop[k] != getattr(loop, k)]
+        if changed:
+            say(f"warning: loop {', '.join(f'{k} {saved_loop[k]!r} -> {getattr(loop, k)!r}' for k in changed)} "
+                f"since {ckpt_path}: the continuation will differ from an uninterrupted run")
+        if main:
+            for tmp in stale_temporaries(ckpt_path.parent):  # a checkpoint write the kill interrupted
+                tmp.unlink(missing_ok=True)
         say(f"resuming {ckpt_path} at step {step} (epoch {epoch}, batch {skip})")
     elif init is not None:
         data = read_train_checkpoint(Path(init))
@@ -353,7 +364,7 @@ def _train(make_task: Callable[[], Any], loop: LoopConfig, out: Path, device: to
                  "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
                  "task": task.state_dict(), "rng": rngs,
                  "position": {"step": at, "epoch": ep, "batch": batch}}
-        meta = {"kind": CHECKPOINT_KIND, "step": at, "world_size": info.world_size}
+        meta = {"kind": CHECKPOINT_KIND, "step": at, "world_size": info.world_size, "loop": to_plain(loop)}
         path = save_checkpoint(ckpt_path, state, meta)
         if loop.keep_every and at % loop.keep_every == 0:
             save_checkpoint(out / "checkpoints" / f"step_{at:07d}.pt", state, meta)
