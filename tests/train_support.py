@@ -136,7 +136,7 @@ def mount(methods: Mapping[str, MethodPlugin] | None = None) -> dict[str, Any]:
 
     from fbench.registry import SPECS, Registry
 
-    methods = methods or {"toy": TOY, "frozen": UNTRAINABLE}
+    methods = methods or {"toy": TOY, "frozen": UNTRAINABLE, "shardtoy": SHARD_TOY}
     module = sys.modules[__name__].__name__
     for attr, plugin in methods.items():
         globals()[f"_plugin_{attr}"] = plugin
@@ -162,3 +162,75 @@ def ddp_worker(rank: int, world: int, port: int, out: str, config: ToyConfig, st
                       LOCAL_RANK=str(rank))
     train(lambda: ToyTask(config), LoopConfig(max_steps=steps, progress=False, checkpoint_every=steps, device="cpu"),
           Path(out))
+
+
+# ------------------------------------------------------------------ a toy task on real shards
+
+
+@dataclass
+class ShardToyConfig:
+    dataset: str = "toyimg"  # <shards>/<dataset>/train/*.tar
+    batch: int = 4
+    batches_per_epoch: int = 3
+    workers: int = 1  # DataLoader worker processes (their streams must resume too)
+    lr: float = 0.05
+
+
+def shard_toy_transform(sample: Any, rng: np.random.Generator) -> dict[str, Any]:
+    """A sample's mean colour (plus noise from the reader's generator) and a target from it."""
+    x = sample.image.reshape(-1, 3).mean(0).astype(np.float32) / 255.0 + rng.normal(0, 0.01, 3).astype(np.float32)
+    return {"x": torch.from_numpy(x), "y": torch.from_numpy(np.array([x @ np.array([1.0, -2.0, 0.5])],
+                                                                     dtype=np.float32))}
+
+
+class ShardToyTask(TaskBase):
+    """Linear regression on features of samples streamed from `fbench prep`-format shards through
+    `fbench.shards.stream.MixedShardDataset`, the way a method's task reads its data."""
+
+    def __init__(self, config: ShardToyConfig) -> None:
+        self.config = config
+        self.model = nn.Linear(3, 1)
+
+    def modules(self) -> Mapping[str, nn.Module]:
+        return {"model": self.model}
+
+    def configure_optimizers(self) -> Mapping[str, torch.optim.Optimizer]:
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
+        return {"adam": self.opt}
+
+    def train_loader(self, epoch: int) -> Iterable[Any]:
+        from fbench.shards.stream import MixedShardDataset, shard_set
+
+        sets = [shard_set(self.config.dataset, self.run.shards / self.config.dataset)]
+        data = MixedShardDataset(sets, shard_toy_transform, batch_size=self.config.batch,
+                                 batches_per_epoch=self.config.batches_per_epoch, shuffle_buffer=8, seed=self.run.seed)
+        data.set_epoch(epoch)
+        return torch.utils.data.DataLoader(data, batch_size=None, num_workers=self.config.workers)
+
+    def training_step(self, batch: Any, step: int) -> Mapping[str, float]:
+        y = batch["y"] + 0.01 * torch.randn_like(batch["y"])
+        loss = ((self.model(batch["x"]) - y) ** 2).mean()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.item(), "x_sum": float(batch["x"].sum())}
+
+
+def write_toy_shards(root: Path, dataset: str = "toyimg", shards: int = 3, per_shard: int = 6) -> Path:
+    """`<root>/<dataset>/train/<dataset>-train-%06d.tar` of small coloured squares, fbench's schema."""
+    from fbench.shards.schema import encode_jpeg, encode_sample
+    from fbench.shards.writer import ShardFile
+
+    rng = np.random.default_rng(0)
+    for s in range(shards):
+        out = ShardFile(root / dataset / "train" / f"{dataset}-train-{s:06d}.tar")
+        for i in range(per_shard):
+            image = np.broadcast_to(rng.integers(0, 256, 3, dtype=np.uint8), (16, 16, 3)).copy()
+            out.write(encode_sample(f"{dataset}_{s}_{i}", encode_jpeg(image, 95), np.full((478, 3), np.nan),
+                                    np.full((68, 2), np.nan), None, {"dataset": dataset, "split": "train"}))
+        out.commit()
+    return root
+
+
+SHARD_TOY = MethodPlugin(name="shardtoy", summary="a linear toy model on shards (tests)", config=ShardToyConfig,
+                         build=_unavailable, from_checkpoint=_unavailable, task=ShardToyTask)

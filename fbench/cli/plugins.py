@@ -12,6 +12,7 @@ import click
 from fbench.cli.options import CONTEXT, config_options, dataset_root, flame_option, load_command_config, user_errors
 from fbench.plugins import BenchmarkPlugin, MethodPlugin
 from fbench.registry import PluginError, registry
+from fbench.shards.reader import ShardReadError
 
 
 class PluginGroup(click.Group):
@@ -106,9 +107,10 @@ def train_command(method: MethodPlugin) -> click.Command:
     @click.option("--device", default=None, help="cpu, cuda, cuda:1 or auto (config key loop.device; default auto).")
     @flame_option
     @config_options
-    @user_errors(ValueError)
-    def command(shards: Path, out: Path | None, resume: bool, init: Path | None, device: str | None,
-                flame: Path | None, config_path: Path | None, overrides: tuple[str, ...]) -> None:
+    @user_errors(ValueError, ShardReadError)
+    @click.pass_context
+    def command(ctx: click.Context, shards: Path, out: Path | None, resume: bool, init: Path | None,
+                device: str | None, flame: Path | None, config_path: Path | None, overrides: tuple[str, ...]) -> None:
         from fbench.config import save_config
         from fbench.train import train
         from fbench.train.distributed import env_world
@@ -126,6 +128,12 @@ def train_command(method: MethodPlugin) -> click.Command:
             say(f"config: {config_path} (the run's own)")
         config = load_command_config(train_config_class(method.config), config_path, overrides,
                                      {"loop.device": device} if device is not None else None)
+        if resume:  # the run's own shards and FLAME unless typed again
+            recorded = config.run if isinstance(config.run, dict) else {}
+            if ctx.get_parameter_source("shards") == click.core.ParameterSource.DEFAULT and recorded.get("shards"):
+                shards = Path(recorded["shards"])
+            if flame is None and recorded.get("flame"):
+                flame = Path(recorded["flame"])
         say(f"shards: {shards.resolve()}" + ("" if shards.is_dir() else " (no such folder yet: `fbench prep "
                                                                           "<dataset> --out` writes there)"))
         say(f"run: {out.resolve()}")
