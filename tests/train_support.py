@@ -62,11 +62,11 @@ class ToyData(torch.utils.data.IterableDataset):
             yield {"x": x[self.rank::self.world], "y": (x @ TRUE_W.T)[self.rank::self.world]}
 
 
-class ToyTask(TaskBase):
-    def __init__(self, config: ToyConfig) -> None:
-        self.config = config
-        self.model = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(8, 3))
-        self.seen: list[int] = []  # task state: steps run, checkpointed through state_dict
+class _OneModel(TaskBase):
+    """`self.model` trained by Adam at `self.config.lr`."""
+
+    model: nn.Module
+    config: Any
 
     def modules(self) -> Mapping[str, nn.Module]:
         return {"model": self.model}
@@ -74,6 +74,13 @@ class ToyTask(TaskBase):
     def configure_optimizers(self) -> Mapping[str, torch.optim.Optimizer]:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
         return {"adam": self.opt}
+
+
+class ToyTask(_OneModel):
+    def __init__(self, config: ToyConfig) -> None:
+        self.config = config
+        self.model = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(8, 3))
+        self.seen: list[int] = []  # task state: steps run, checkpointed through state_dict
 
     def train_loader(self, epoch: int) -> Iterable[Any]:
         run: RunContext = self.run
@@ -143,14 +150,6 @@ def mount(methods: Mapping[str, MethodPlugin] | None = None) -> dict[str, Any]:
     return Registry(SPECS["methods"], [EntryPoint(n, f"{module}:_plugin_{n}", "fbench.methods") for n in methods])
 
 
-if __name__ == "__main__":
-    import fbench.registry as registry_module
-
-    sys.modules.setdefault("train_support", sys.modules["__main__"])
-    registry_module._REGISTRIES["methods"] = mount()
-    from fbench.cli import main
-
-    main(sys.argv[1:], prog_name="fbench")
 
 
 def ddp_worker(rank: int, world: int, port: int, out: str, config: ToyConfig, steps: int) -> None:
@@ -183,20 +182,13 @@ def shard_toy_transform(sample: Any, rng: np.random.Generator) -> dict[str, Any]
                                                                      dtype=np.float32))}
 
 
-class ShardToyTask(TaskBase):
+class ShardToyTask(_OneModel):
     """Linear regression on features of samples streamed from `fbench prep`-format shards through
     `fbench.shards.stream.MixedShardDataset`, the way a method's task reads its data."""
 
     def __init__(self, config: ShardToyConfig) -> None:
         self.config = config
         self.model = nn.Linear(3, 1)
-
-    def modules(self) -> Mapping[str, nn.Module]:
-        return {"model": self.model}
-
-    def configure_optimizers(self) -> Mapping[str, torch.optim.Optimizer]:
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
-        return {"adam": self.opt}
 
     def train_loader(self, epoch: int) -> Iterable[Any]:
         from fbench.shards.stream import MixedShardDataset, shard_set
@@ -234,3 +226,13 @@ def write_toy_shards(root: Path, dataset: str = "toyimg", shards: int = 3, per_s
 
 SHARD_TOY = MethodPlugin(name="shardtoy", summary="a linear toy model on shards (tests)", config=ShardToyConfig,
                          build=_unavailable, from_checkpoint=_unavailable, task=ShardToyTask)
+
+
+if __name__ == "__main__":
+    import fbench.registry as registry_module
+
+    sys.modules.setdefault("train_support", sys.modules["__main__"])
+    registry_module._REGISTRIES["methods"] = mount()
+    from fbench.cli import main
+
+    main(sys.argv[1:], prog_name="fbench")
