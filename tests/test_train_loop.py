@@ -313,3 +313,23 @@ def test_a_run_on_shards_with_loader_workers_resumes_exactly(toy_cli, tmp_path, 
     _same_run(tmp_path / "full", tmp_path / "part")
     xs = [row["x_sum"] for row in _rows(tmp_path / "full")]
     assert len(set(xs)) == len(xs) == 7  # seven different batches: the stream really moved on
+
+
+def test_bf16_precision_runs_the_steps_under_autocast(tmp_path, one_torch_thread):
+    dtypes = {}
+
+    class Probe(train_support.ToyTask):
+        def training_step(self, batch, step):
+            dtypes["train"] = self.model(batch["x"]).dtype
+            return super().training_step(batch, step)
+
+        def validation_step(self, batch, step):
+            dtypes["val"] = self.model(batch["x"]).dtype
+            return super().validation_step(batch, step)
+
+    for precision, want in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        result = train(lambda: Probe(train_support.ToyConfig()), LoopConfig(max_steps=3, progress=False,
+                                                                            precision=precision, device="cpu"),
+                       tmp_path / precision)
+        assert dtypes == {"train": want, "val": want}
+        assert result.metrics["train"]["loss"] < 100 and _weights(tmp_path / precision)["1.weight"].dtype == torch.float32

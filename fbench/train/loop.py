@@ -41,7 +41,7 @@ from fbench.train.logs import MetricLog
 
 CHECKPOINT_KIND = "fbench-train"
 # loop settings whose change between a checkpoint and its resumption breaks exact continuation
-EXACTNESS_KEYS = ("seed", "steps_per_epoch", "schedule", "min_lr_factor")
+EXACTNESS_KEYS = ("seed", "steps_per_epoch", "schedule", "min_lr_factor", "precision")
 _PROTOCOL = ("setup", "modules", "configure_optimizers", "train_loader", "training_step", "val_loader",
              "validation_step", "visualize", "state_dict", "load_state_dict", "export")
 
@@ -64,6 +64,9 @@ class LoopConfig:
     keep_every: int = 0  # also keep checkpoints/step_<step>.pt every N steps; 0: never
     visualize_every: int = 0  # steps between PNG grids in images/; 0: never
     progress: bool = True  # tqdm bar (rank 0)
+    # bf16: training and validation steps under torch.autocast (no loss scaling needed); fp16,
+    # which needs a GradScaler around the task's own backward, is not offered
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
         if self.max_steps < 0 or self.epochs < 0 or (self.max_steps == 0 and self.epochs == 0):
@@ -370,6 +373,11 @@ def _train(make_task: Callable[[], Any], loop: LoopConfig, out: Path, device: to
             save_checkpoint(out / "checkpoints" / f"step_{at:07d}.pt", state, meta)
         return path
 
+    def autocast() -> Any:
+        if loop.precision == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
     def set_mode(training: bool) -> None:
         for module in modules.values():
             module.train(training)
@@ -381,7 +389,7 @@ def _train(make_task: Callable[[], Any], loop: LoopConfig, out: Path, device: to
         set_mode(False)
         sums: dict[str, float] = {}
         count = 0
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             for batch in _batches(loader, loop.val_batches):
                 for k, v in task.validation_step(to_device(batch, device), at).items():
                     sums[k] = sums.get(k, 0.0) + float(v)  # under no_grad: tensors convert quietly
@@ -433,7 +441,8 @@ def _train(make_task: Callable[[], Any], loop: LoopConfig, out: Path, device: to
             skip = 0
             for batch in batches:
                 batch = to_device(batch, device)
-                metrics = task.training_step(batch, step)
+                with autocast():
+                    metrics = task.training_step(batch, step)
                 for sched in schedulers.values():
                     sched.step()
                 step += 1
