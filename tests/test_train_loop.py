@@ -115,6 +115,8 @@ def test_a_killed_run_resumes_to_the_parameters_of_an_uninterrupted_run(toy_cli,
     assert r.exit_code == 0, r.output
     assert "warning" not in r.output and not list((killed / "checkpoints").glob(".*tmp*"))
     _same_run(full, killed)
+    r = toy_cli("toy", "--out", str(killed), "--resume")
+    assert r.exit_code == 0 and "the run has done its 8 steps; raise -o loop.max_steps" in r.output
     r = toy_cli("toy", "--out", str(killed), "--resume", "-o", "loop.seed=3", "-o", "loop.max_steps=9")
     assert "warning: loop seed 0 -> 3 since" in r.output
 

@@ -343,6 +343,8 @@ def _train(make_task: Callable[[], Any], loop: LoopConfig, out: Path, device: to
             for tmp in stale_temporaries(ckpt_path.parent):  # a checkpoint write the kill interrupted
                 tmp.unlink(missing_ok=True)
         say(f"resuming {ckpt_path} at step {step} (epoch {epoch}, batch {skip})")
+        if step >= total:
+            say(f"the run has done its {total} steps; raise -o loop.max_steps to train on")
     elif init is not None:
         data = read_train_checkpoint(Path(init))
         missing = _load_modules(modules, data["modules"], Path(init), require_all=False)
