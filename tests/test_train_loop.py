@@ -238,6 +238,10 @@ def test_two_spawned_gloo_ranks_train_as_one_process_with_twice_the_batch(tmp_pa
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert not all(torch.equal(a[k], _weights_of_untrained()[k]) for k in a)
+    # validation: each rank scores its half of the rows; the logged value is the mean over both
+    val = [{r["step"]: float(r["val_mse"]) for r in _rows(tmp_path / run) if r["phase"] == "val"}
+           for run in ("one", "two")]
+    assert val[0].keys() == val[1].keys() == {"3"} and val[0]["3"] == pytest.approx(val[1]["3"], rel=1e-5)
 
 
 def _weights_of_untrained() -> dict[str, torch.Tensor]:
@@ -334,4 +338,28 @@ def test_bf16_precision_runs_the_steps_under_autocast(tmp_path, one_torch_thread
                                                                             precision=precision, device="cpu"),
                        tmp_path / precision)
         assert dtypes == {"train": want, "val": want}
-        assert result.metrics["train"]["loss"] < 100 and _weights(tmp_path / precision)["1.weight"].dtype == torch.float32
+        assert result.metrics["train"]["loss"] < 100
+        assert _weights(tmp_path / precision)["1.weight"].dtype == torch.float32
+
+
+def test_validation_cadence_batch_limit_and_kept_checkpoints(tmp_path, one_torch_thread):
+    calls = []
+
+    class Probe(train_support.ToyTask):
+        def validation_step(self, batch, step):
+            calls.append(step)
+            assert not self.model.training  # eval mode during validation
+            return super().validation_step(batch, step)
+
+    loop = LoopConfig(max_steps=5, val_every=2, val_batches=1, keep_every=2, checkpoint_every=1, progress=False,
+                      log_every=0)
+    result = train(lambda: Probe(train_support.ToyConfig()), loop, tmp_path)
+    assert calls == [2, 4]  # every 2 steps, one batch each (the validation loader has 2)
+    rows = _rows(tmp_path)
+    assert [(r["step"], r["phase"]) for r in rows] == [("2", "val"), ("4", "val"), ("5", "train")]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt", "step_0000002.pt",
+                                                                            "step_0000004.pt"]
+    import json
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["val"]["step"] == 4 and summary["train"]["step"] == 5 == result.step

@@ -94,7 +94,7 @@ def train_command(method: MethodPlugin) -> click.Command:
                         f"\b\nExamples:\n  fbench train {name}\n"
                         f"  fbench train {name} --shards shards/ --out runs/{name} -o loop.max_steps=20000\n"
                         f"  fbench train {name} --out runs/{name} --resume\n"
-                        f"  fbench train {name} --init runs/{name}-pretrain/checkpoints/last.pt --out runs/{name}-core\n"
+                        f"  fbench train {name} --init runs/{name}-pre/checkpoints/last.pt --out runs/{name}-core\n"
                         f"  torchrun --nproc_per_node 2 -m fbench train {name} --device cuda")
     @click.option("--shards", type=click.Path(file_okay=False, path_type=Path), default=Path("shards"),
                   show_default=True, help="Shard root (`fbench prep --out` writes <root>/<dataset>/<split>/).")
