@@ -148,6 +148,12 @@ def test_train_cli_errors_and_defaults(toy_cli, tmp_path, monkeypatch):
     assert r.exit_code == 0 and "initial weights from runs/toy/checkpoints/last.pt" in r.output
     r = toy_cli("toy", "--out", "bad", "--init", "runs/toy/toy.pt", "-o", "loop.max_steps=1")
     assert r.exit_code == 1 and "runs/toy/toy.pt: not an fbench training checkpoint" in r.output
+    # a loss disabled for a missing asset: said at start, recorded in the run's config.yaml
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    r = toy_cli("toy", "--out", "vgg", "-o", "perceptual=true", "-o", "loop.max_steps=1", "-o", "loop.progress=false")
+    assert r.exit_code == 0 and "perceptual loss DISABLED: no VGG16 weights at" in r.output
+    record = yaml.safe_load((tmp_path / "vgg" / "config.yaml").read_text())["run"]["perceptual_loss"]
+    assert record.startswith("perceptual loss DISABLED") and str(tmp_path / "torch") in record
 
 
 def test_init_loads_weights_and_restarts_the_optimiser(tmp_path, one_torch_thread):

@@ -43,6 +43,7 @@ class ToyConfig:
     dropout: float = 0.2
     clip: float = 0.0  # gradient clipping (after sync_gradients), 0: none
     noise: float = 0.01  # target noise from the global RNGs (0 for the data-parallel comparison)
+    perceptual: bool = False  # load the VGG perceptual loss in setup (disabled and recorded without weights)
 
 
 class ToyData(torch.utils.data.IterableDataset):
@@ -81,6 +82,13 @@ class ToyTask(_OneModel):
         self.config = config
         self.model = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(8, 3))
         self.seen: list[int] = []  # task state: steps run, checkpointed through state_dict
+
+    def setup(self, run: RunContext) -> None:
+        super().setup(run)
+        if self.config.perceptual:
+            from fbench.losses import load_vgg_perceptual
+
+            self.vgg = load_vgg_perceptual(notes=run.notes)
 
     def train_loader(self, epoch: int) -> Iterable[Any]:
         run: RunContext = self.run
