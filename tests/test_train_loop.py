@@ -369,3 +369,22 @@ def test_validation_cadence_batch_limit_and_kept_checkpoints(tmp_path, one_torch
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["val"]["step"] == 4 and summary["train"]["step"] == 5 == result.step
+
+
+def test_gradients_accumulated_again_after_a_sync_are_averaged_again(monkeypatch):
+    # Two backward passes between syncs, or a fresh gradient after zero_grad: never skipped.
+    import torch.distributed as dist
+
+    from fbench.train import distributed as D
+
+    monkeypatch.setattr(D, "active", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_reduce", lambda t, op=None: t.add_(torch.ones_like(t)))
+    w = torch.nn.Parameter(torch.zeros(3))
+    for _ in range(3):
+        w.grad = None
+        w.sum().backward()  # grad 1
+        D.sync_gradients([w])  # (1 + 1) / 2 = 1
+        w.sum().backward()  # accumulated in place: 2
+        D.sync_gradients([w])  # (2 + 1) / 2 = 1.5
+        assert torch.allclose(w.grad, torch.full((3,), 1.5))

@@ -17,6 +17,7 @@ pre-hook then leaves those gradients alone.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -76,7 +77,9 @@ def broadcast_state(modules: Iterable[torch.nn.Module]) -> None:
                 dist.broadcast(tensor.data, src=0)
 
 
-_SYNCED: dict[int, tuple[int, int]] = {}  # id(param) -> (grad storage pointer, grad version) when averaged
+# id(param) -> (weak reference to its averaged gradient tensor, that tensor's version then): a
+# gradient is averaged again only when it is a new tensor or was changed in place since
+_SYNCED: dict[int, tuple[weakref.ref, int]] = {}
 
 
 def _flat_allreduce_mean(grads: list[Tensor]) -> None:
@@ -104,15 +107,15 @@ def sync_gradients(params: Iterable[Tensor]) -> None:
     for p in params:
         if p.grad is None:
             continue
-        mark = (p.grad.untyped_storage().data_ptr(), p.grad._version)
-        if _SYNCED.get(id(p)) != mark:
+        seen = _SYNCED.get(id(p))
+        if seen is None or seen[0]() is not p.grad or seen[1] != p.grad._version:
             todo.append(p)
     if not todo:
         return
     with torch.no_grad():
         _flat_allreduce_mean([p.grad for p in todo])
     for p in todo:
-        _SYNCED[id(p)] = (p.grad.untyped_storage().data_ptr(), p.grad._version)
+        _SYNCED[id(p)] = (weakref.ref(p.grad), p.grad._version)
 
 
 def average_gradients_before_step(optimizer: torch.optim.Optimizer) -> Any:
