@@ -7,7 +7,9 @@ same as DDP's (every rank steps with the mean gradient), but it places no demand
 task's forward passes: fbench's tasks call their own backward and alternate optimisers
 and frozen modules within one step (SMIRK freezes the encoder or the generator on
 alternate steps and runs networks without backward), which DDP's reducer refuses.
-The price is no overlap of communication with the backward pass.
+The price is no overlap of communication with the backward pass. Buffers (BatchNorm running
+statistics) are broadcast once at the start and then kept per rank (DDP re-broadcasts rank 0's
+before every forward); checkpoints hold rank 0's.
 
 A task that reads gradients before stepping (gradient clipping) calls
 `sync_gradients(params)` first, so it clips the mean gradient as a DDP run would; the
