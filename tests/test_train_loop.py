@@ -228,19 +228,14 @@ def _torchrun(tmp_path: Path, out: Path, batch: int, nproc: int) -> subprocess.C
 def test_two_spawned_gloo_ranks_train_as_one_process_with_twice_the_batch(tmp_path, one_torch_thread):
     # Fast variant of the torchrun test below: two ranks from torch.multiprocessing, the
     # single-process reference in this process.
-    import socket
-
     import torch.multiprocessing as mp
 
     config = train_support.ToyConfig(batch=4, noise=0.0, dropout=0.0)  # no clipping: the pre-step hook syncs
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(train_support.ddp_worker, args=(2, port, str(tmp_path / "two"), config, 3), nprocs=2, join=True)
+    mp.spawn(train_support.ddp_worker, args=(2, _free_port(), str(tmp_path / "two"), config, 3), nprocs=2)
     from dataclasses import replace
 
     train(lambda: train_support.ToyTask(replace(config, batch=8)),
-          LoopConfig(max_steps=3, progress=False, checkpoint_every=3, device="cpu"), tmp_path / "one")
+          LoopConfig(max_steps=3, progress=False, checkpoint_every=2, device="cpu", log_every=1), tmp_path / "one")
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert not all(torch.equal(a[k], _weights_of_untrained()[k]) for k in a)
@@ -248,6 +243,27 @@ def test_two_spawned_gloo_ranks_train_as_one_process_with_twice_the_batch(tmp_pa
     val = [{r["step"]: float(r["val_mse"]) for r in _rows(tmp_path / run) if r["phase"] == "val"}
            for run in ("one", "two")]
     assert val[0].keys() == val[1].keys() == {"3"} and val[0]["3"] == pytest.approx(val[1]["3"], rel=1e-5)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_stopped_two_rank_run_resumes_to_the_parameters_of_an_uninterrupted_one(tmp_path):
+    # Dropout and target noise differ per rank: each rank's RNG streams must come back.
+    import torch.multiprocessing as mp
+
+    config = train_support.ToyConfig(batch=4)
+    mp.spawn(train_support.ddp_worker, args=(2, _free_port(), str(tmp_path / "full"), config, 7), nprocs=2)
+    mp.spawn(train_support.ddp_worker, args=(2, _free_port(), str(tmp_path / "part"), config, 4), nprocs=2)
+    assert len(load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")["rng"]) == 2
+    mp.spawn(train_support.ddp_worker, args=(2, _free_port(), str(tmp_path / "part"), config, 7, True), nprocs=2)
+    _same_run(tmp_path / "full", tmp_path / "part")
 
 
 def _weights_of_untrained() -> dict[str, torch.Tensor]:

@@ -160,15 +160,16 @@ def mount(methods: Mapping[str, MethodPlugin] | None = None) -> dict[str, Any]:
 
 
 
-def ddp_worker(rank: int, world: int, port: int, out: str, config: ToyConfig, steps: int) -> None:
+def ddp_worker(rank: int, world: int, port: int, out: str, config: ToyConfig, steps: int,
+               resume: bool = False) -> None:
     """One rank of a data-parallel toy run started by `torch.multiprocessing.spawn` (as torchrun would)."""
     from fbench.train import LoopConfig, train
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
-    train(lambda: ToyTask(config), LoopConfig(max_steps=steps, progress=False, checkpoint_every=steps, device="cpu"),
-          Path(out))
+    train(lambda: ToyTask(config), LoopConfig(max_steps=steps, progress=False, checkpoint_every=2, device="cpu",
+                                              log_every=1), Path(out), resume=resume)
 
 
 # ------------------------------------------------------------------ a toy task on real shards
