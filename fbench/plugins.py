@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # keep `import fbench.plugins` free of torch
-    from torch import Tensor
+    from torch import Tensor, nn
+    from torch.optim import Optimizer
 
     from fbench.flame.params import FlameParams
+    from fbench.train.loop import RunContext
 
 PIPELINE_STAGES = ("prep", "fit")
 LANDMARK_SOURCES = ("mediapipe", "fan", "any")
@@ -77,15 +79,57 @@ class TrainingTask(Protocol):
     """What `fbench train <method>` drives with the core training loop (fbench/train/).
 
     The loop owns devices, seeding, steps, schedules, checkpoints, logs and DDP; the
-    task owns the model, its optimisers and one step of its recipe (it calls backward
-    and steps its own optimisers, since some methods alternate several).
+    task owns the model, its optimisers, its data recipe and one step of its recipe (it
+    calls backward and steps its own optimisers, since some methods alternate several).
+    `fbench.train.TaskBase` implements the optional parts (no validation, no images, no
+    extra state, no export). Order of calls, once per process: `setup`, `modules`,
+    `configure_optimizers`; then per epoch `train_loader(epoch)` and per batch
+    `training_step`; `val_loader`/`validation_step` and `visualize` at their cadence.
     """
 
-    def modules(self) -> Mapping[str, Any]: ...
+    def setup(self, run: "RunContext") -> None:
+        """The run's device, seed, rank and world size, shard root, FLAME folder, loop settings."""
+        ...
 
-    def configure_optimizers(self) -> Mapping[str, Any]: ...
+    def modules(self) -> Mapping[str, "nn.Module"]:
+        """Trained networks by name: moved to the device, checkpointed, broadcast from rank 0."""
+        ...
 
-    def training_step(self, batch: Any, step: int) -> Mapping[str, float]: ...
+    def configure_optimizers(self) -> Mapping[str, "Optimizer"]:
+        """Optimisers by name, called once per run; the loop schedules their learning rates."""
+        ...
+
+    def train_loader(self, epoch: int) -> Iterable[Any]:
+        """This rank's batches of one epoch, a function of (epoch, run seed, rank) only, so a
+        resumed run sees the same data (e.g. a `fbench.shards.stream` dataset after `set_epoch`)."""
+        ...
+
+    def training_step(self, batch: Any, step: int) -> Mapping[str, float]:
+        """One step on a batch already on the device: forward, backward, optimiser steps; the
+        metrics to log. `step` counts completed steps (0 for the first)."""
+        ...
+
+    def val_loader(self) -> Iterable[Any] | None:
+        """Validation batches of this rank, or None for no validation."""
+        ...
+
+    def validation_step(self, batch: Any, step: int) -> Mapping[str, float]:
+        """Metrics of one validation batch (under no_grad, modules in eval mode); averaged by the loop."""
+        ...
+
+    def visualize(self, batch: Any, step: int) -> "Tensor | None":
+        """Images (N, 3, H, W) or one grid (3, H, W) in [0, 1] for images/step_<step>.png, or None."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Task state beyond modules and optimisers (e.g. its own generators) for checkpoints."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+    def export(self, out: Path) -> list[Path]:
+        """Final files in the run folder after training (e.g. the method's release checkpoint)."""
+        ...
 
 
 @dataclass(frozen=True)

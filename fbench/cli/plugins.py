@@ -12,6 +12,7 @@ import click
 from fbench.cli.options import CONTEXT, config_options, dataset_root, flame_option, load_command_config, user_errors
 from fbench.plugins import BenchmarkPlugin, MethodPlugin
 from fbench.registry import PluginError, registry
+from fbench.shards.reader import ShardReadError
 
 
 class PluginGroup(click.Group):
@@ -56,17 +57,97 @@ class PluginGroup(click.Group):
 # ------------------------------------------------------------------------------------ train
 
 
+_TRAIN_CONFIGS: dict[type, type] = {}
+
+
+def train_config_class(method_config: type) -> type:
+    """The config `fbench train` resolves: the method's config dataclass plus a `loop` section
+    (fbench.train.LoopConfig) and `run`, a record of the run's facts (written, never read:
+    so the config.yaml of a run can be passed back with `--config`). A method config that
+    declares its own `loop` field keeps it. The task receives an instance of this subclass."""
+    from fbench.train import LoopConfig
+
+    if method_config in _TRAIN_CONFIGS:
+        return _TRAIN_CONFIGS[method_config]
+    names = {f.name for f in dataclasses.fields(method_config)}
+    extra: list[tuple[str, Any, Any]] = []
+    if "loop" not in names:
+        extra.append(("loop", LoopConfig, dataclasses.field(default_factory=LoopConfig)))
+    if "run" not in names:
+        extra.append(("run", dict[str, Any], dataclasses.field(default_factory=dict)))
+    cls = method_config if not extra else dataclasses.make_dataclass(
+        f"{method_config.__name__}Train", extra, bases=(method_config,),
+        frozen=method_config.__dataclass_params__.frozen)
+    _TRAIN_CONFIGS[method_config] = cls
+    return cls
+
+
 def train_command(method: MethodPlugin) -> click.Command:
     """`fbench train <method>` from a method's config and training task."""
+    name = method.name
 
-    @click.command(method.name, context_settings=CONTEXT,
-                   help=f"Train {method.name}: {method.summary}\n\n\b\nExample:\n  fbench train {method.name}")
+    @click.command(name, context_settings=CONTEXT,
+                   help=f"Train {name}: {method.summary}\n\n"
+                        "Writes RUN_DIR/config.yaml (resolved settings, `loop` for the training loop), "
+                        "checkpoints/last.pt, metrics.csv, summary.json and images/. Rerun with --resume after "
+                        "a stop: it continues from the last checkpoint exactly.\n\n"
+                        f"\b\nExamples:\n  fbench train {name}\n"
+                        f"  fbench train {name} --shards shards/ --out runs/{name} -o loop.max_steps=20000\n"
+                        f"  fbench train {name} --out runs/{name} --resume\n"
+                        f"  fbench train {name} --init runs/{name}-pre/checkpoints/last.pt --out runs/{name}-core\n"
+                        f"  torchrun --nproc_per_node 2 -m fbench train {name} --device cuda")
+    @click.option("--shards", type=click.Path(file_okay=False, path_type=Path), default=Path("shards"),
+                  show_default=True, help="Shard root (`fbench prep --out` writes <root>/<dataset>/<split>/).")
+    @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help=f"Run folder [default: runs/{name}].")
+    @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoints/last.pt (its "
+                                                 "config.yaml is the config unless --config is given).")
+    @click.option("--init", "init", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="Start from the network weights of another run's checkpoint (fresh optimisers, step 0).")
+    @click.option("--device", default=None, help="cpu, cuda, cuda:1 or auto (config key loop.device; default auto).")
+    @flame_option
     @config_options
-    def command(config_path: Path | None, overrides: tuple[str, ...]) -> None:
+    @user_errors(ValueError, ShardReadError)
+    @click.pass_context
+    def command(ctx: click.Context, shards: Path, out: Path | None, resume: bool, init: Path | None,
+                device: str | None, flame: Path | None, config_path: Path | None, overrides: tuple[str, ...]) -> None:
+        from fbench.config import save_config
+        from fbench.train import train
+        from fbench.train.distributed import env_world
+
         if method.task is None:
-            raise click.ClickException(f"{method.name}: this method plugin has no training task; it can be "
+            raise click.ClickException(f"{name}: this method plugin has no training task; it can be "
                                        "evaluated and run (`fbench eval`, `fbench reconstruct`) but not trained by fbench")
-        raise click.ClickException(f"{method.name}: the fbench training loop is not part of this version")
+        if resume and init is not None:
+            raise click.UsageError("--resume continues a run; --init starts a new one: pass one of them")
+        main_rank = env_world()[0] == 0
+        say = (lambda s: click.echo(s, err=True)) if main_rank else (lambda s: None)
+        out = out if out is not None else Path("runs") / name
+        if resume and config_path is None and (out / "config.yaml").is_file():
+            config_path = out / "config.yaml"
+            say(f"config: {config_path} (the run's own)")
+        config = load_command_config(train_config_class(method.config), config_path, overrides,
+                                     {"loop.device": device} if device is not None else None)
+        if resume:  # the run's own shards and FLAME unless typed again
+            recorded = config.run if isinstance(config.run, dict) else {}
+            if ctx.get_parameter_source("shards") == click.core.ParameterSource.DEFAULT and recorded.get("shards"):
+                shards = Path(recorded["shards"])
+            if flame is None and recorded.get("flame"):
+                flame = Path(recorded["flame"])
+        say(f"shards: {shards.resolve()}" + ("" if shards.is_dir() else " (no such folder yet: `fbench prep "
+                                                                          "<dataset> --out` writes there)"))
+        say(f"run: {out.resolve()}")
+
+        def write_config(run: Any) -> None:
+            facts = {"method": name, "shards": str(shards), "out": str(out), "flame": str(flame or ""),
+                     "init": str(init or ""), "resumed": resume, "device": str(run.device),
+                     "world_size": run.world_size, **run.notes}
+            save_config(dataclasses.replace(config, run=facts), out / "config.yaml")
+
+        result = train(lambda: method.task(config), config.loop, out, shards=shards, flame=flame, resume=resume,
+                       init=init, save_config=write_config, echo=say)
+        say(f"{name}: {result.step} steps; checkpoint {result.last_checkpoint}; metrics {out / 'metrics.csv'}"
+            + "".join(f"; exported {p}" for p in result.exported))
 
     return command
 
