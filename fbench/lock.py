@@ -50,6 +50,14 @@ def _read(fd: int) -> str:
     return os.read(fd, 4096).decode("utf-8", errors="replace").strip()
 
 
+def _holder_line(fd: int, patience_s: float = 1.0) -> str:
+    """The holder's line; a holder that has just taken the lock writes it a moment later."""
+    deadline = time.monotonic() + patience_s
+    while not (text := _read(fd)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return text
+
+
 @contextmanager
 def output_lock(path: str | Path, what: str) -> Iterator[None]:
     """Hold the exclusive lock `path` for the block; LockHeldError when another run holds it."""
@@ -62,7 +70,7 @@ def output_lock(path: str | Path, what: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LockHeldError(f"{what} is being written by another run ({describe_holder(_read(fd))}); "
+            raise LockHeldError(f"{what} is being written by another run ({describe_holder(_holder_line(fd))}); "
                                 f"wait for it to finish, or use another output folder (lock: {path})") from None
         previous = _read(fd)
         if previous:

@@ -328,7 +328,7 @@ def broken_famos(root: Path) -> Path:
     ("sequences=[]", "sequences: must not be empty"),
 ])
 def test_fit_config_values_are_checked_with_the_key_named(override, message, tmp_path) -> None:
-    from pipelines.famos import command
+    command = pipeline_command("famos")
 
     result = CliRunner().invoke(command, ["--root", str(broken_famos(tmp_path / "FaMoS")), "--out",
                                           str(tmp_path / "out"), "--no-progress", "-o", override])
@@ -349,7 +349,7 @@ def test_bp4d_config_values_are_checked() -> None:
 
 
 def test_fit_run_where_every_frame_fails_exits_non_zero(flame_dir, tmp_path) -> None:
-    from pipelines.famos import command
+    command = pipeline_command("famos")
 
     result = CliRunner().invoke(command, ["--root", str(broken_famos(tmp_path / "FaMoS")), "--out",
                                           str(tmp_path / "out"), "--flame", str(flame_dir), "--no-progress",
@@ -361,7 +361,7 @@ def test_fit_run_where_every_frame_fails_exits_non_zero(flame_dir, tmp_path) -> 
 def test_second_fit_on_the_same_out_refuses(tmp_path) -> None:
     from fbench.fitting.store import FIT_LOCK
     from fbench.lock import output_lock
-    from pipelines.famos import command
+    command = pipeline_command("famos")
 
     out = tmp_path / "out"
     with output_lock(out / FIT_LOCK, "a fit in progress"):
@@ -387,7 +387,8 @@ def leaf_commands():
     """(command line prefix, click command) for every fbench command, pipelines included."""
     import click
 
-    from fbench.cli import PluginGroup, main
+    from fbench.cli import main
+    from fbench.cli.plugins import PluginGroup
 
     def walk(prefix, command):
         if isinstance(command, click.Group) and not isinstance(command, PluginGroup):
@@ -642,7 +643,7 @@ def test_flame_decode_into_a_full_out_is_one_line(flame_dir, tmp_path) -> None:
 @pytest.mark.slow  # a subprocess importing torch; the fast variant is the prep one above
 def test_fit_into_a_full_out_is_one_line(flame_dir, tmp_path) -> None:
     root = broken_famos(tmp_path / "FaMoS")
-    rc, output = run_cli(["from pipelines.famos import command; command()", "--root", str(root), "--out",
+    rc, output = run_cli(["from pipelines import FAMOS; FAMOS.command()", "--root", str(root), "--out",
                           str(tmp_path / "out"), "--flame", str(flame_dir), "--no-progress"], fsize=600)
     assert rc == 1 and "Traceback" not in output and "file too large" in output, output
 
@@ -650,8 +651,9 @@ def test_fit_into_a_full_out_is_one_line(flame_dir, tmp_path) -> None:
 def test_next_run_removes_its_own_stale_temporaries(affectnet_small, tmp_path) -> None:
     out = tmp_path / "out"
     folder = out / "affectnet"
-    left = [folder / "train" / "affectnet-train-000000.tar.tmp", folder / ".manifest.json.k2j4h1.tmp",
-            folder / ".prep" / "units" / ".train-000000.json.x8d9a.tmp"]
+    # the names fbench.io's atomic writes use: .<name>.<random>.tmp<suffix>
+    left = [folder / "train" / "affectnet-train-000000.tar.tmp", folder / ".manifest.json.k2j4h1.tmp.json",
+            folder / ".prep" / "units" / ".train-000000.json.x8d9a.tmp.json"]
     foreign = folder / "notes.tmp"  # not a name fbench writes: kept
     for path in left + [foreign]:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -663,12 +665,13 @@ def test_next_run_removes_its_own_stale_temporaries(affectnet_small, tmp_path) -
     from fbench.fitting.store import PARTS_DIR, stale_temporaries
 
     fits = tmp_path / "fits"
-    fit_left = [fits / ".fits.h5.abc123.tmp", fits / ".summary.q1w2e3.tmp", fits / PARTS_DIR / "S1" / ".jaw.h5.zz.tmp"]
+    fit_left = [fits / ".fits.h5.abc123.tmp.h5", fits / ".summary.csv.q1w2e3.tmp.csv",
+                fits / PARTS_DIR / "S1" / ".jaw.h5.zz.tmp.h5"]
     for path in fit_left:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half written")
     assert stale_temporaries(fits) == sorted(fit_left)
-    from pipelines.famos import command
+    command = pipeline_command("famos")
 
     CliRunner().invoke(command, ["--root", str(broken_famos(tmp_path / "FaMoS")), "--out", str(fits),
                                  "--no-progress", "-o", "stride=0"])  # refused config: the lock was taken first
@@ -683,7 +686,7 @@ def test_next_run_removes_its_own_stale_temporaries(affectnet_small, tmp_path) -
     (["--sequences", "nosuch,other"], "no sequence nosuch, other; found 2: jaw, kissing"),
 ])
 def test_empty_fit_selection_is_an_error_listing_what_exists(args, message, flame_dir, tmp_path) -> None:
-    from pipelines.famos import command
+    command = pipeline_command("famos")
 
     out = tmp_path / "out"
     result = CliRunner().invoke(command, ["--root", str(broken_famos(tmp_path / "FaMoS")), "--out", str(out),
@@ -693,7 +696,7 @@ def test_empty_fit_selection_is_an_error_listing_what_exists(args, message, flam
 
 
 def test_empty_bp4d_selection_is_an_error_listing_what_exists(flame_dir, tmp_path) -> None:
-    from pipelines.bp4d import command
+    command = pipeline_command("bp4d")
 
     root = tmp_path / "BP4D"
     for task in ("T1", "T2"):

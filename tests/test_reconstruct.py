@@ -133,7 +133,7 @@ def test_folder_no_face_corrupt_resume_and_all_faces(model, astronaut, tmp_path)
     assert summary.inputs == 4 and summary.done == 4 and summary.faces == 2 and summary.failures == 2
     fails = {Path(f["input"]).name: f for f in _failures(out)}
     assert fails["wall.png"]["reason"] == "no face found" and fails["wall.png"]["frame"] is None
-    assert "broken.jpg" in fails["broken.jpg"]["reason"] and "cannot decode" in fails["broken.jpg"]["reason"]
+    assert "broken.jpg" in fails["broken.jpg"]["reason"] and "cannot read image header" in fails["broken.jpg"]["reason"]
     params, extras = load_reconstruction(out / "photos" / "wall" / "params.npz")
     assert params is None and extras["frame"].shape == (0,)
     _, ae = load_reconstruction(out / "photos" / "a" / "params.npz")

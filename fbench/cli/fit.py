@@ -68,18 +68,18 @@ def fit_command(spec: FitSpec) -> click.Command:
         from fbench.faults import describe_os_error
         from fbench.fitting.store import claimed_output
 
+        out = out if out is not None else Path("fits") / spec.name
         explicit: dict[str, Any] = {}
         if stride is not None:
             explicit["stride"] = stride
         chosen = split_list(extra.pop(spec.selection))
         if chosen:
             explicit[spec.selection] = chosen
-        config = load_command_config(spec.config, config_path, overrides, explicit)
-        root = dataset_root(spec.name, root)
-        out = out if out is not None else Path("fits") / spec.name
-        model = load_flame_announced(flame, n_exp=100, dtype=torch.float64)
+        root = dataset_root(spec.name, root)  # before anything is written
         try:
-            with claimed_output(out):  # one run per --out; removes a killed run's temporaries
+            with claimed_output(out):  # one run per --out, first; removes a killed run's temporaries
+                config = load_command_config(spec.config, config_path, overrides, explicit)
+                model = load_flame_announced(flame, n_exp=100, dtype=torch.float64)
                 store = spec.fit(root, out, model, config, subjects=split_list(subjects), overwrite=overwrite,
                                  progress=not no_progress, **extra)
                 save_config(config, out / "config.yaml")
