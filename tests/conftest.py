@@ -64,3 +64,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    """skimage's astronaut photograph (512 x 512 RGB): a real face that ships with a package."""
+    from skimage.data import astronaut
+
+    return astronaut()

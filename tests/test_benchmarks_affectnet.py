@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from benchmarks.affectnet import BENCHMARK, AffectNetConfig
-from benchmarks.affectnet.probe import EmotionMLP
+from benchmarks.affectnet.probe import EmotionMLP, ProbeConfig
 from fbench import metrics as M
 from fbench.synth.ground_truth import read_ground_truth
 from methods.oracle import MEAN, ORACLE, ReferenceConfig
 
 N = 200
 # A small, quick probe for tests (EMOCA's defaults: 4 x 2048, lr 1e-4, 50 epochs).
-FAST = dict(mlp_layers=2, mlp_dim=256, learning_rate=1e-3, max_epochs=60, patience=40, probe_threads=1)
+FAST = dict(mlp_layers=2, mlp_dim=256, learning_rate=1e-3, max_epochs=60, patience=40, threads=1)
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +54,7 @@ def test_oracle_reaches_the_ceiling_and_mean_is_the_floor(an_root, tmp_path):
     for plugin in (ORACLE, MEAN):
         method = plugin.build(ReferenceConfig(data_root=str(an_root)))
         res[plugin.name] = BENCHMARK.evaluate(method, an_root, tmp_path / plugin.name,
-                                              AffectNetConfig(method_name=plugin.name, **FAST))
+                                              AffectNetConfig(method_name=plugin.name, probe=ProbeConfig(**FAST)))
     oracle, mean = res["oracle"], res["mean"]
     n_val = int(((gt.extras["split"] == b"val") & (gt.extras["expression"] < 8) & (gt.extras["valence"] != -2)).sum())
     assert oracle["n_items"] == n_val and oracle["n_skipped"] == 0  # EMOCA's filter: classes 8-10, V/A -2 dropped
@@ -102,7 +102,7 @@ def test_bad_rows_skipped_and_features_cached(an_root, tmp_path):
     lines[3] = ",".join(fields[:7] + ["-2"] + fields[8:])
     val_csv.write_text("\n".join(lines) + "\n")
     method = _Counting(ORACLE.build(ReferenceConfig(data_root=str(root))))
-    config = AffectNetConfig(method_name="oracle", **{**FAST, "max_epochs": 5})
+    config = AffectNetConfig(method_name="oracle", probe=ProbeConfig(**{**FAST, "max_epochs": 5}))
     first_run = BENCHMARK.evaluate(method, root, tmp_path / "out", config)
     assert first_run["n_skipped"] == 2 and first_run["skipped"] == {"bad_row": 1, "bad_image": 1}
     x = read_ground_truth(an_root).extras
@@ -152,7 +152,7 @@ def _write_shards(root, out, rows_per_split):
 def test_shard_input_matches_the_raw_layout(an_root, tmp_path):
     shards = _write_shards(an_root, tmp_path / "shards", 38)
     oracle = ORACLE.build(ReferenceConfig(data_root=str(an_root)))
-    config = AffectNetConfig(method_name="oracle", limit=30, **{**FAST, "max_epochs": 5})
+    config = AffectNetConfig(method_name="oracle", limit=30, probe=ProbeConfig(**{**FAST, "max_epochs": 5}))
     from_shards = BENCHMARK.evaluate(oracle, shards, tmp_path / "s", config)
     from_raw = BENCHMARK.evaluate(oracle, an_root, tmp_path / "r", config)
     assert from_shards["input"] == "shards" and from_raw["input"] == "raw"

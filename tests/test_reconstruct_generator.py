@@ -17,13 +17,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def astronaut() -> np.ndarray:
-    from skimage.data import astronaut
-
-    return astronaut()
-
-
-@pytest.fixture(scope="module")
 def model():
     from methods.smirk.plugin import SmirkConfig, build
 

@@ -32,7 +32,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,21 +94,8 @@ class AffectNetConfig:
     batch_size: int = 32  # images per reconstruct call
     limit: int = 0  # rows per split after filtering (0 = all), for quick looks
     max_skip_fraction: float = 0.5
-    # EMOCA's probe (see benchmarks/affectnet/probe.py for the sources)
-    mlp_layers: int = 4
-    mlp_dim: int = 2048
-    learning_rate: float = 1e-4
-    train_batch_size: int = 64
-    max_epochs: int = 50
-    val_check_interval: float = 0.2
-    patience: int = 10
-    holdout_fraction: float = 0.1
-    seed: int = 0
-    probe_threads: int = 0  # torch threads while training the probe (0: torch's setting)
-
-    def probe(self) -> ProbeConfig:
-        return ProbeConfig(self.mlp_layers, self.mlp_dim, self.learning_rate, self.train_batch_size, self.max_epochs,
-                           self.val_check_interval, self.patience, self.holdout_fraction, self.seed, self.probe_threads)
+    # EMOCA's probe (benchmarks/affectnet/probe.py has the sources), e.g. -o probe.patience=20
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 @dataclass
@@ -305,7 +292,7 @@ def evaluate(method: Reconstructor, data_root: Path, out_dir: Path, config: Affe
                            "need both splits")
     exp = np.array([r.expression for r in keep])
     va = np.array([[r.valence, r.arousal] for r in keep])
-    probe = train_probe(features[train], exp[train], va[train, 0], va[train, 1], config.probe())
+    probe = train_probe(features[train], exp[train], va[train, 0], va[train, 1], config.probe)
     pred_e, pred_v, pred_a = probe.predict(features[val])
     label_e, label_v, label_a = exp[val], va[val, 0], va[val, 1]
     per_class = M.per_class_accuracy(label_e, pred_e, N_CLASSES)
