@@ -79,7 +79,7 @@ def test_landmark_free_initialisation_over_many_frames(plus, flame_dir) -> None:
 def test_fit_flame_bp4d_plus_without_landmarks(plus, flame_dir, tmp_path, caplog) -> None:
     caplog.set_level(logging.WARNING)
     out = tmp_path / "fits"
-    result = CliRunner().invoke(pipeline.command, ["--root", str(plus), "--out", str(out), "--flame", str(flame_dir),
+    result = CliRunner().invoke(pipeline.command(), ["--root", str(plus), "--out", str(out), "--flame", str(flame_dir),
                                                    "--tasks", "T1", "--no-progress", *FAST], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     fits, failures, _ = read_fits(out)

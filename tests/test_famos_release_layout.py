@@ -65,7 +65,7 @@ def test_parent_root_descends_and_scans_give_residuals(release, flame_dir, caplo
 def test_fit_flame_famos_release_root_with_scans(release, flame_dir, tmp_path) -> None:
     """End to end: --root at the parent of registrations/, --scans at scans/: fits and residuals."""
     out = tmp_path / "fits"
-    result = CliRunner().invoke(famos.command, ["--root", str(release), "--out", str(out), "--flame", str(flame_dir),
+    result = CliRunner().invoke(famos.command(), ["--root", str(release), "--out", str(out), "--flame", str(flame_dir),
                                                 "--sequences", "jaw", "--stride", "10", "--no-progress",
                                                 "--scans", str(release / "scans"), *FAST], catch_exceptions=False)
     assert result.exit_code == 0, result.output
