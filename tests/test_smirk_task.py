@@ -1,0 +1,228 @@
+"""SMIRK's training task (methods/smirk/task.py): `fbench train smirk` on miniature FFHQ shards,
+and its loss terms and cycle augmentation against plain re-computations of the official code
+(georgeretsi/smirk c7de404, src/smirk_trainer.py)."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from click.testing import CliRunner
+
+from fbench.io import load_checkpoint
+from methods.smirk.task import augment_expressions, cycle_loss, load_templates
+
+SMALL = ["-o", "train.skip_missing=true", "-o", "train.batch_size=2", "-o", "train.workers=0",
+         "-o", "train.samples_per_epoch=4", "-o", "generator_init_features=8", "-o", "generator_res_blocks=1",
+         "-o", "loop.progress=false", "-o", "loop.log_every=1", "-o", "loop.device=cpu",
+         "-o", "loop.checkpoint_every=1"]
+
+
+def _cli(*args: str):
+    from fbench.cli import main
+
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def ffhq_shards(tmp_path_factory) -> Path:
+    """4 synthetic FFHQ images prepped with MediaPipe (the synthetic heads are detected; SMIRK needs
+    MediaPipe landmarks), FAN off: <root>/ffhq/{train,val}."""
+    root = tmp_path_factory.mktemp("smirk_task")
+    r = _cli("synth", "ffhq", "--out", str(root / "FFHQ"), "--n", "4")
+    assert r.exit_code == 0, r.output
+    r = _cli("prep", "ffhq", "--root", str(root / "FFHQ"), "--out", str(root / "shards"), "--landmarks", "detect",
+             "--fan", "off", "--no-progress")
+    assert r.exit_code == 0, r.output
+    return root / "shards"
+
+
+def _write_templates(root: Path, n_exp: int = 50) -> Path:
+    rng = np.random.default_rng(1)
+    for subject, cls in (("FaMoS_subject_001", "high_smile"), ("FaMoS_subject_002", "jaw"),
+                         ("FaMoS_subject_002", "anger")):  # anger: not one of SMIRK's twelve classes
+        folder = root / subject / cls
+        folder.mkdir(parents=True)
+        for i in range(2):
+            np.save(folder / f"{i:06d}.npy", {"expression": rng.normal(size=n_exp).astype(np.float32),
+                                              "jaw": np.zeros(3, np.float32), "pose": np.zeros(15, np.float32)},
+                    allow_pickle=True)
+    (root / "templates_manifest.json").write_text("{}")
+    return root
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(run / "metrics.csv") as fh:
+        return [{k: v for k, v in row.items() if k != "time_s"} for row in csv.DictReader(fh)]
+
+
+def test_core_phase_trains_two_steps_exports_and_resumes_exactly(ffhq_shards, tmp_path, monkeypatch,
+                                                                  one_torch_thread):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no VGG weights: the perceptual loss is recorded off
+    templates = _write_templates(tmp_path / "templates")
+    full, part = tmp_path / "full", tmp_path / "part"
+    common = ["train", "smirk", "--shards", str(ffhq_shards), *SMALL, "-o", f"train.templates={templates}"]
+    r = _cli(*common, "--out", str(full), "-o", "loop.max_steps=2")
+    assert r.exit_code == 0, r.output
+    rows = _rows(full)
+    assert [row["step"] for row in rows] == ["1", "2"]
+    for key in ("landmark_loss_mp", "reconstruction_loss", "cycle_loss", "loss_first_path",
+                "expression_regularization", "jaw_regularization"):
+        assert all(math.isfinite(float(row[key])) for row in rows), key
+    assert float(rows[0]["reconstruction_loss"]) > 0 and float(rows[0]["cycle_loss"]) > 0
+    record = yaml.safe_load((full / "config.yaml").read_text())["run"]
+    assert record["perceptual_loss"].startswith("perceptual loss DISABLED")
+    assert record["cycle_templates"] == f"4 FaMoS expression templates from {templates}"
+    assert "without lrs3, mead, celeba, mead_sides" in record["data_mix"] and "ffhq 1.000" in record["data_mix"]
+    # official optimisers: encoder Adam at 0.25 x 1e-3 over the expression encoder only, generator betas (0.5, 0.999)
+    ckpt = load_checkpoint(full / "checkpoints" / "last.pt")
+    enc, gen = ckpt["optimizers"]["encoder"]["param_groups"][0], ckpt["optimizers"]["generator"]["param_groups"][0]
+    assert enc["lr"] == pytest.approx(2.5e-4) and gen["lr"] == pytest.approx(1e-3)
+    assert tuple(gen["betas"]) == (0.5, 0.999)
+    from methods.smirk.model import SmirkEncoder
+
+    n_expression = len(list(SmirkEncoder().expression_encoder.parameters()))
+    assert len(enc["params"]) == n_expression
+    # the exported SMIRK.pt is the official layout, read by the plugin, equal to the trained modules
+    from methods.smirk.plugin import from_checkpoint
+
+    model = from_checkpoint(full / "SMIRK.pt")
+    assert model.generator is not None
+    trained = ckpt["modules"]["smirk_encoder"]
+    assert all(torch.equal(v, trained[k]) for k, v in model.encoder.state_dict().items())
+    params = model.reconstruct(torch.rand(1, 3, 224, 224))
+    assert params.expression.shape == (1, 50)
+    # stop after step 1, resume to 2: the same parameters (step 2 freezes the generator in the cycle)
+    assert _cli(*common, "--out", str(part), "-o", "loop.max_steps=1").exit_code == 0
+    r = _cli("train", "smirk", "--out", str(part), "--resume", "-o", "loop.max_steps=2")
+    assert r.exit_code == 0 and "resuming" in r.output, r.output
+    other = load_checkpoint(part / "checkpoints" / "last.pt")
+    for name in ("smirk_encoder", "smirk_generator"):
+        a, b = ckpt["modules"][name], other["modules"][name]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert _rows(part) == rows
+
+
+def test_pretrain_phase_trains_the_encoder_alone_with_mica_recorded_off(ffhq_shards, tmp_path, one_torch_thread):
+    run = tmp_path / "pre"
+    r = _cli("train", "smirk", "--shards", str(ffhq_shards), "--out", str(run), *SMALL,
+             "-o", "train.phase=pretrain", "-o", "loop.max_steps=2")
+    assert r.exit_code == 0, r.output
+    assert "MICA shape loss DISABLED" in r.output
+    rows = _rows(run)
+    assert len(rows) == 2 and all(math.isfinite(float(row["loss_first_path"])) for row in rows)
+    assert "cycle_loss" not in rows[0] and "reconstruction_loss" not in rows[0]
+    # config_pretrain.yaml: lr 2e-4 x 0.25, every encoder part optimised, no generator
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert set(ckpt["modules"]) == {"smirk_encoder"}
+    group = ckpt["optimizers"]["encoder"]["param_groups"][0]
+    assert group["lr"] == pytest.approx(5e-5) and len(group["params"]) == len(ckpt["modules"]["smirk_encoder"]) - \
+        sum(1 for k in ckpt["modules"]["smirk_encoder"] if k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert "MICA" in yaml.safe_load((run / "config.yaml").read_text())["run"]["mica_loss"]
+    from methods.smirk.plugin import from_checkpoint
+
+    assert from_checkpoint(run / "SMIRK.pt").generator is None
+
+
+def test_missing_smirk_datasets_are_named(ffhq_shards, tmp_path):
+    r = _cli("train", "smirk", "--shards", str(ffhq_shards), "--out", str(tmp_path / "x"), "-o", "train.workers=0",
+             "-o", "loop.progress=false", "-o", "loop.device=cpu", "-o", "loop.max_steps=1")
+    assert r.exit_code != 0
+    text = r.output + repr(r.exception)
+    assert "SMIRK mix needs shards for: lrs3" in text and "celeba" in text
+
+
+# --------------------------------------------------------------------- against the official formulas
+
+
+def _official_augment(feats, templates, gids):
+    """smirk_trainer.py:199-242, transcribed line by line (device and Ke handling dropped)."""
+    ff = {k: v.clone() for k, v in feats.items()}
+    n, d = ff["expression_params"].shape
+    pm = torch.bernoulli(torch.ones((len(gids[0]), d)) * 0.5)
+    new = torch.randn((len(gids[0]), d)) * (1 + 2 * torch.rand((len(gids[0]), 1))) * pm + ff["expression_params"][gids[0]]
+    ff["expression_params"][gids[0]] = torch.clamp(new, -4.0, 4.0) + (0 + 0.2 * torch.rand((len(gids[0]), 1))) * \
+        torch.randn((len(gids[0]), d))
+    ff["expression_params"][gids[1]] = (0.25 + 1.25 * torch.rand((len(gids[1]), 1))) * \
+        ff["expression_params"][gids[1]][torch.randperm(len(gids[1]))] + \
+        (0 + 0.2 * torch.rand((len(gids[1]), 1))) * torch.randn((len(gids[1]), d))
+    for i in range(len(gids[2])):
+        expression = random.choice(templates)
+        ff["expression_params"][gids[2][i], :50] = (0.25 + 1.25 * torch.rand((1, 1))) * torch.Tensor(expression)
+    ff["expression_params"][gids[2]] += (0 + 0.2 * torch.rand((len(gids[2]), 1))) * torch.randn((len(gids[2]), d))
+    scale_mask = torch.Tensor([1, .1, .1]).view(1, 3) * torch.bernoulli(torch.ones(n) * 0.5).view(-1, 1)
+    ff["jaw_params"] = ff["jaw_params"] + torch.randn(ff["jaw_params"].size()) * 0.2 * scale_mask
+    ff["jaw_params"][..., 0] = torch.clamp(ff["jaw_params"][..., 0], 0.0, 0.5)
+    ff["eyelid_params"] += (-1 + 2 * torch.rand(size=ff["eyelid_params"].size())) * 0.25
+    ff["eyelid_params"] = torch.clamp(ff["eyelid_params"], 0.0, 1.0)
+    ff["expression_params"][gids[3]] *= 0.0
+    ff["expression_params"][gids[3]] += (0 + 0.2 * torch.rand((len(gids[3]), 1))) * torch.randn((len(gids[3]), d))
+    ff["jaw_params"][gids[3]] *= 0.0
+    ff["eyelid_params"][gids[3]] = torch.rand(size=ff["eyelid_params"][gids[3]].size())
+    return ff
+
+
+def _feats(n: int = 12) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return {"expression_params": torch.randn(n, 50, generator=g) * 2, "jaw_params": torch.rand(n, 3, generator=g) * 0.3,
+            "eyelid_params": torch.rand(n, 2, generator=g), "shape_params": torch.randn(n, 300, generator=g),
+            "pose_params": torch.randn(n, 3, generator=g) * 0.1, "cam": torch.rand(n, 3, generator=g)}
+
+
+def test_cycle_augmentation_groups_match_the_official_code():
+    feats = _feats()
+    templates = [np.random.default_rng(i).normal(size=50).astype(np.float32) * 3 for i in range(5)]
+    gids = list(torch.randperm(12, generator=torch.Generator().manual_seed(0)).split(3))
+    torch.manual_seed(7), random.seed(7)
+    want = _official_augment(feats, templates, gids)
+    torch.manual_seed(7), random.seed(7)
+    got, groups = augment_expressions(feats, templates, groups=gids)
+    for k in want:
+        assert torch.allclose(got[k], want[k], atol=1e-6), k
+    assert not got["expression_params"].requires_grad and torch.equal(feats["shape_params"], got["shape_params"])
+    # ranges: jaw opening in [0, 0.5], eyelids in [0, 1], zero-expression group small, jaw closed
+    assert got["jaw_params"][:, 0].min() >= 0 and got["jaw_params"][:, 0].max() <= 0.5
+    assert got["eyelid_params"].min() >= 0 and got["eyelid_params"].max() <= 1
+    zero = groups[3]
+    assert torch.all(got["jaw_params"][zero] == 0) and got["expression_params"][zero].abs().max() < 0.2 * 6
+    # default grouping: four quarters of a permutation
+    torch.manual_seed(1)
+    _, groups = augment_expressions(feats)
+    assert [len(g) for g in groups] == [3, 3, 3, 3] and sorted(torch.cat(groups).tolist()) == list(range(12))
+
+
+def test_cycle_augmentation_without_templates_uses_random_offsets_in_the_third_group():
+    feats = _feats(8)
+    gids = list(torch.arange(8).split(2))
+    torch.manual_seed(2)
+    got, _ = augment_expressions(feats, None, groups=gids)
+    g = gids[2]
+    assert not torch.allclose(got["expression_params"][g], feats["expression_params"][g])
+    assert got["expression_params"][g].abs().max() <= 4.0 + 0.2 * 6  # clamped to [-4, 4] plus the small noise
+
+
+def test_cycle_loss_is_the_official_formula():
+    a, b = _feats(4), _feats(4)
+    b = {k: v + 0.1 * torch.randn_like(v) for k, v in b.items()}
+    base = F.mse_loss(a["expression_params"], b["expression_params"]) + 10 * F.mse_loss(a["jaw_params"], b["jaw_params"])
+    eyelid = 10 * F.mse_loss(a["eyelid_params"], b["eyelid_params"])
+    shape = F.mse_loss(a["shape_params"], b["shape_params"])
+    assert cycle_loss(a, b) == pytest.approx(float(base + eyelid), rel=1e-6)
+    assert cycle_loss(a, b, use_eyelids=False) == pytest.approx(float(base), rel=1e-6)
+    assert cycle_loss(a, b, with_shape=True) == pytest.approx(float(base + eyelid + shape), rel=1e-6)
+
+
+def test_templates_are_read_from_the_official_layout_and_classes(tmp_path):
+    root = _write_templates(tmp_path / "t")
+    got = load_templates(root)
+    assert len(got) == 4 and all(t.shape == (50,) for t in got)  # the `anger` folder is not one of SMIRK's classes
+    want = np.load(root / "FaMoS_subject_001" / "high_smile" / "000000.npy", allow_pickle=True).item()["expression"]
+    assert np.array_equal(got[0], want)
