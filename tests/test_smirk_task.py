@@ -172,7 +172,7 @@ def _official_augment(feats, templates, gids):
 
 def _feats(n: int = 12) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(3)
-    return {"expression_params": torch.randn(n, 50, generator=g) * 2, "jaw_params": torch.rand(n, 3, generator=g) * 0.3,
+    return {"expression_params": torch.randn(n, 50, generator=g) * 2, "jaw_params": torch.rand(n, 3, generator=g) * 0.9,
             "eyelid_params": torch.rand(n, 2, generator=g), "shape_params": torch.randn(n, 300, generator=g),
             "pose_params": torch.randn(n, 3, generator=g) * 0.1, "cam": torch.rand(n, 3, generator=g)}
 
@@ -189,7 +189,7 @@ def test_cycle_augmentation_groups_match_the_official_code():
         assert torch.allclose(got[k], want[k], atol=1e-6), k
     assert not got["expression_params"].requires_grad and torch.equal(feats["shape_params"], got["shape_params"])
     # ranges: jaw opening in [0, 0.5], eyelids in [0, 1], zero-expression group small, jaw closed
-    assert got["jaw_params"][:, 0].min() >= 0 and got["jaw_params"][:, 0].max() <= 0.5
+    assert got["jaw_params"][:, 0].min() >= 0 and got["jaw_params"][:, 0].max() == 0.5  # inputs reach 0.9
     assert got["eyelid_params"].min() >= 0 and got["eyelid_params"].max() <= 1
     zero = groups[3]
     assert torch.all(got["jaw_params"][zero] == 0) and got["expression_params"][zero].abs().max() < 0.2 * 6
@@ -226,3 +226,55 @@ def test_templates_are_read_from_the_official_layout_and_classes(tmp_path):
     assert len(got) == 4 and all(t.shape == (50,) for t in got)  # the `anger` folder is not one of SMIRK's classes
     want = np.load(root / "FaMoS_subject_001" / "high_smile" / "000000.npy", allow_pickle=True).item()["expression"]
     assert np.array_equal(got[0], want)
+
+
+def test_training_step_alternates_freezing_and_clips_the_generator(ffhq_shards, tmp_path, monkeypatch,
+                                                                   one_torch_thread):
+    # base_trainer.py:258-268 and smirk_trainer.py:349-391: the first path steps both optimisers;
+    # the cycle path steps the generator (gradient norm clipped to 0.1, shape in the cycle loss)
+    # on even steps, the encoder (generator output detached, no shape term) on odd steps.
+    import methods.smirk.task as task_module
+    from fbench.train import RunContext
+    from methods.smirk.plugin import SmirkConfig, SmirkTrainConfig
+
+    config = SmirkConfig(generator_init_features=8, generator_res_blocks=1,
+                         train=SmirkTrainConfig(batch_size=2, workers=0, samples_per_epoch=4, skip_missing=True))
+    task = task_module.SmirkTask(config)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    task.setup(RunContext(out=tmp_path, device=torch.device("cpu"), seed=0, shards=ffhq_shards))
+    opts = task.configure_optimizers()
+    batch = next(iter(task.train_loader(0)))
+    calls: list[tuple[str, object]] = []
+    for name, opt in opts.items():
+        original = opt.step
+
+        def step(*a, _name=name, _orig=original, **k):
+            if _name == "generator":
+                norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in task.generator.parameters()
+                                                             if p.grad is not None]))
+                calls.append((_name, float(norm)))
+            else:
+                calls.append((_name, None))
+            return _orig(*a, **k)
+        opt.step = step
+    flags = []
+    real_loss = task_module.cycle_loss
+
+    def spy(recon, target, use_eyelids=True, with_shape=False):
+        flags.append((with_shape, recon["expression_params"].requires_grad,
+                      any(p.requires_grad for p in task.encoder.parameters())))
+        return real_loss(recon, target, use_eyelids, with_shape)
+    monkeypatch.setattr(task_module, "cycle_loss", spy)
+    logs = task.training_step(batch, 0)
+    assert [c[0] for c in calls] == ["encoder", "generator", "generator"]
+    assert calls[2][1] <= 0.1 + 1e-6  # clipped (smirk_trainer.py:379)
+    assert flags == [(True, True, False)]  # encoder frozen, generator output not detached, shape term in
+    assert all(math.isfinite(v) for v in logs.values())
+    calls.clear()
+    task.training_step(batch, 1)
+    assert [c[0] for c in calls] == ["encoder", "generator", "encoder"]
+    assert flags[1] == (False, True, True)  # generator frozen (its output detached), encoder trains
+    # the phase's frozen encoder parts come back frozen, the optimised ones trainable, the generator trainable
+    assert all(p.requires_grad for p in task.encoder.expression_encoder.parameters())
+    assert not any(p.requires_grad for p in task.encoder.shape_encoder.parameters())
+    assert all(p.requires_grad for p in task.generator.parameters())
