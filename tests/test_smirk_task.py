@@ -234,16 +234,9 @@ def test_training_step_alternates_freezing_and_clips_the_generator(ffhq_shards, 
     # the cycle path steps the generator (gradient norm clipped to 0.1, shape in the cycle loss)
     # on even steps, the encoder (generator output detached, no shape term) on odd steps.
     import methods.smirk.task as task_module
-    from fbench.train import RunContext
-    from methods.smirk.plugin import SmirkConfig, SmirkTrainConfig
 
-    config = SmirkConfig(generator_init_features=8, generator_res_blocks=1,
-                         train=SmirkTrainConfig(batch_size=2, workers=0, samples_per_epoch=4, skip_missing=True))
-    task = task_module.SmirkTask(config)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    task.setup(RunContext(out=tmp_path, device=torch.device("cpu"), seed=0, shards=ffhq_shards))
-    opts = task.configure_optimizers()
-    batch = next(iter(task.train_loader(0)))
+    task, batch = _task_and_batch(ffhq_shards, tmp_path, monkeypatch)
+    opts = task.opts
     calls: list[tuple[str, object]] = []
     for name, opt in opts.items():
         original = opt.step
@@ -278,3 +271,63 @@ def test_training_step_alternates_freezing_and_clips_the_generator(ffhq_shards, 
     assert all(p.requires_grad for p in task.encoder.expression_encoder.parameters())
     assert not any(p.requires_grad for p in task.encoder.shape_encoder.parameters())
     assert all(p.requires_grad for p in task.generator.parameters())
+
+
+def _task_and_batch(shards: Path, tmp_path: Path, monkeypatch, phase: str = "core"):
+    from fbench.train import RunContext
+    from methods.smirk.plugin import SmirkConfig, SmirkTrainConfig
+    from methods.smirk.task import SmirkTask
+
+    config = SmirkConfig(generator_init_features=8, generator_res_blocks=1,
+                         train=SmirkTrainConfig(phase=phase, batch_size=2, workers=0, samples_per_epoch=4,
+                                                skip_missing=True))
+    task = SmirkTask(config)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    task.setup(RunContext(out=tmp_path, device=torch.device("cpu"), seed=0, shards=shards))
+    task.opts = task.configure_optimizers()
+    return task, next(iter(task.train_loader(0)))
+
+
+def test_first_path_terms_and_weights_match_the_official_code(ffhq_shards, tmp_path, monkeypatch, one_torch_thread):
+    # smirk_trainer.py:57-72, 97-101, 134-154 with config_train.yaml:30-43 (shape not optimised: no shape term)
+    from methods.smirk import masking
+
+    task, batch = _task_and_batch(ffhq_shards, tmp_path, monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    batch["landmarks_fan"] = torch.rand(2, 68, 2, generator=g) * 2 - 1
+    batch["flag_landmarks_fan"] = torch.tensor([True, False])
+    task.encoder.eval(), task.generator.eval()
+    with torch.no_grad():  # a non-zero shape (the head starts at zero): its regulariser must still not count
+        task.encoder.shape_encoder.shape_layers[-1].bias.normal_(0, 0.1, generator=g)
+    torch.manual_seed(5)
+    loss, terms, enc = task.first_path(batch)
+    loss, terms = loss.detach(), {k: v.detach() for k, v in terms.items()}
+    with torch.no_grad():
+        e = task.encoder(batch["img"])
+        rend = task.render(e)
+        fan = F.mse_loss(rend["landmarks_fan"][batch["flag_landmarks_fan"], :17],
+                         batch["landmarks_fan"][batch["flag_landmarks_fan"], :17])
+        mp = F.mse_loss(rend["landmarks_mp"], batch["landmarks_mp"])
+        exp_reg = torch.mean(e["expression_params"] ** 2)
+        jaw_reg = torch.mean(e["jaw_params"] ** 2)
+        torch.manual_seed(5)
+        task.encoder(batch["img"])  # nothing random in the encoder: the seed lines up with first_path's masking
+        masked = masking.masked_image(batch["img"], batch["mask"], rend["rendered_img"], rend["transformed_vertices"],
+                                      task.flame.faces, task.probabilities)
+        recon = F.l1_loss(task.generator(torch.cat([rend["rendered_img"], masked], 1)), batch["img"])
+    assert float(terms["landmark_loss_fan"]) == pytest.approx(float(fan), rel=1e-5)
+    assert float(terms["landmark_loss_mp"]) == pytest.approx(float(mp), rel=1e-5)
+    assert float(terms["expression_regularization"]) == pytest.approx(float(exp_reg), rel=1e-5)
+    assert float(terms["jaw_regularization"]) == pytest.approx(float(jaw_reg), rel=1e-5)
+    assert float(terms["reconstruction_loss"]) == pytest.approx(float(recon), rel=1e-5)
+    want = 100 * (fan + mp) + 1e-3 * exp_reg + 1e-2 * jaw_reg + 10 * recon
+    assert float(loss) == pytest.approx(float(want), rel=1e-5)
+    assert float(terms["shape_regularization"]) > 0
+    assert "perceptual_vgg_loss" not in terms  # no VGG weights: disabled
+    # pretrain: landmarks x 100 + expression regularisation x 1e-2 only (config_pretrain.yaml:36-45)
+    pre, batch = _task_and_batch(ffhq_shards, tmp_path / "pre", monkeypatch, phase="pretrain")
+    pre.encoder.eval()
+    loss, terms, _ = pre.first_path(batch)
+    loss, terms = loss.detach(), {k: v.detach() for k, v in terms.items()}
+    want = 100 * (terms["landmark_loss_fan"] + terms["landmark_loss_mp"]) + 1e-2 * terms["expression_regularization"]
+    assert float(loss) == pytest.approx(float(want), rel=1e-6) and "reconstruction_loss" not in terms
