@@ -64,11 +64,10 @@ def _rows(run: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k != "time_s"} for row in csv.DictReader(fh)]
 
 
-def test_core_phase_trains_two_steps_exports_and_resumes_exactly(ffhq_shards, tmp_path, monkeypatch,
-                                                                  one_torch_thread):
+def test_core_phase_trains_two_steps_and_exports(ffhq_shards, tmp_path, monkeypatch, one_torch_thread):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no VGG weights: the perceptual loss is recorded off
     templates = _write_templates(tmp_path / "templates")
-    full, part = tmp_path / "full", tmp_path / "part"
+    full = tmp_path / "full"
     common = ["train", "smirk", "--shards", str(ffhq_shards), *SMALL, "-o", f"train.templates={templates}"]
     r = _cli(*common, "--out", str(full), "-o", "loop.max_steps=2")
     assert r.exit_code == 0, r.output
@@ -100,18 +99,33 @@ def test_core_phase_trains_two_steps_exports_and_resumes_exactly(ffhq_shards, tm
     assert all(torch.equal(v, trained[k]) for k, v in model.encoder.state_dict().items())
     params = model.reconstruct(torch.rand(1, 3, 224, 224))
     assert params.expression.shape == (1, 50)
-    # stop after step 1, resume to 2: the same parameters (step 2 freezes the generator in the cycle)
-    assert _cli(*common, "--out", str(part), "-o", "loop.max_steps=1").exit_code == 0
-    r = _cli("train", "smirk", "--out", str(part), "--resume", "-o", "loop.max_steps=2")
+
+
+def _same_parameters(a: Path, b: Path) -> None:
+    ca, cb = load_checkpoint(a / "checkpoints" / "last.pt"), load_checkpoint(b / "checkpoints" / "last.pt")
+    assert ca["modules"].keys() == cb["modules"].keys()
+    for name in ca["modules"]:
+        wa, wb = ca["modules"][name], cb["modules"][name]
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), f"{name}: resumed parameters differ"
+    assert ca["position"] == cb["position"]
+    assert _rows(a) == _rows(b)
+
+
+@pytest.mark.slow
+def test_core_phase_resumes_to_the_parameters_of_an_uninterrupted_run(ffhq_shards, tmp_path, monkeypatch,
+                                                                       one_torch_thread):
+    # (fast variant: the pretrain test.) Stop after step 1, resume to 3: step 2 freezes the
+    # generator in the cycle, step 3 the encoder; the cycle's RNG draws come back with the run's states.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    common = ["train", "smirk", "--shards", str(ffhq_shards), *SMALL]
+    assert _cli(*common, "--out", str(tmp_path / "full"), "-o", "loop.max_steps=3").exit_code == 0
+    assert _cli(*common, "--out", str(tmp_path / "part"), "-o", "loop.max_steps=1").exit_code == 0
+    r = _cli("train", "smirk", "--out", str(tmp_path / "part"), "--resume", "-o", "loop.max_steps=3")
     assert r.exit_code == 0 and "resuming" in r.output, r.output
-    other = load_checkpoint(part / "checkpoints" / "last.pt")
-    for name in ("smirk_encoder", "smirk_generator"):
-        a, b = ckpt["modules"][name], other["modules"][name]
-        assert all(torch.equal(a[k], b[k]) for k in a), name
-    assert _rows(part) == rows
+    _same_parameters(tmp_path / "full", tmp_path / "part")
 
 
-def test_pretrain_phase_trains_the_encoder_alone_with_mica_recorded_off(ffhq_shards, tmp_path, one_torch_thread):
+def test_pretrain_phase_trains_the_encoder_alone_and_resumes_exactly(ffhq_shards, tmp_path, one_torch_thread):
     run = tmp_path / "pre"
     r = _cli("train", "smirk", "--shards", str(ffhq_shards), "--out", str(run), *SMALL,
              "-o", "train.phase=pretrain", "-o", "loop.max_steps=2")
@@ -130,6 +144,14 @@ def test_pretrain_phase_trains_the_encoder_alone_with_mica_recorded_off(ffhq_sha
     from methods.smirk.plugin import from_checkpoint
 
     assert from_checkpoint(run / "SMIRK.pt").generator is None
+    # stop after step 1 (a mid-epoch position), resume to 2: the same parameters and metrics
+    part = tmp_path / "part"
+    r = _cli("train", "smirk", "--shards", str(ffhq_shards), "--out", str(part), *SMALL,
+             "-o", "train.phase=pretrain", "-o", "loop.max_steps=1")
+    assert r.exit_code == 0, r.output
+    r = _cli("train", "smirk", "--out", str(part), "--resume", "-o", "loop.max_steps=2")
+    assert r.exit_code == 0 and "at step 1 (epoch 0, batch 1)" in r.output, r.output
+    _same_parameters(run, part)
 
 
 def test_missing_smirk_datasets_are_named(ffhq_shards, tmp_path):
