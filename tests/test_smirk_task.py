@@ -353,3 +353,29 @@ def test_first_path_terms_and_weights_match_the_official_code(ffhq_shards, tmp_p
     loss, terms = loss.detach(), {k: v.detach() for k, v in terms.items()}
     want = 100 * (terms["landmark_loss_fan"] + terms["landmark_loss_mp"]) + 1e-2 * terms["expression_regularization"]
     assert float(loss) == pytest.approx(float(want), rel=1e-6) and "reconstruction_loss" not in terms
+
+
+def test_init_from_an_official_layout_checkpoint(tmp_path, monkeypatch):
+    # train.py:38-39 (`resume` with load_encoder / load_fuse_generator): encoder and generator weights
+    from fbench.train import RunContext
+    from methods.smirk.plugin import SmirkConfig, SmirkTrainConfig, build, save
+    from methods.smirk.task import SmirkTask
+
+    source = build(SmirkConfig.tiny())
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(0.01)
+    path = save(source, tmp_path / "start.pt")
+    config = SmirkConfig(generator_init_features=8, generator_res_blocks=1,
+                         train=SmirkTrainConfig(init_from=str(path), cycle_loss=0.0))
+    task = SmirkTask(config)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    task.setup(RunContext(out=tmp_path, device=torch.device("cpu"), seed=0))
+    for mine, theirs in ((task.encoder, source.encoder), (task.generator, source.generator)):
+        a, b = mine.state_dict(), theirs.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    bad = save(build(SmirkConfig(generator=False)), tmp_path / "encoder_only.pt")
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match="encoder_only.pt"):
+        SmirkTask(SmirkConfig(train=SmirkTrainConfig(init_from=str(bad)))).setup(
+            RunContext(out=tmp_path, device=torch.device("cpu"), seed=0))
