@@ -63,6 +63,7 @@ from torch import Tensor, nn
 from fbench.flame.params import FlameParams
 from fbench.train import RunContext, TaskBase, sync_gradients
 from methods.smirk.model import flame_params
+from methods.smirk.plugin import OFFICIAL_OPTIMIZE as OPT
 
 # smirk_trainer.py:307-311: cycle loss = 1 x expression MSE + 10 x jaw MSE + 10 x eyelid MSE
 CYCLE_JAW_WEIGHT = 10.0
@@ -194,10 +195,14 @@ class SmirkTask(TaskBase):
         if t.init_from:
             self._load_initial(Path(t.init_from))
         self.flame = load_flame(run.flame, n_shape=c.n_shape, n_exp=c.n_exp).to(run.device)
-        self.renderer = smirk_renderer_for(self.flame, "face", image_size=224).to(run.device)  # render.full_head False
+        # image_size 224 and render.full_head False: config_train.yaml:5, 60
+        self.renderer = smirk_renderer_for(self.flame, "face", image_size=224).to(run.device)
         for part in ("pose", "shape", "expression"):
             _freeze(getattr(self.encoder, f"{part}_encoder"), not self.optimised[part])
         notes = run.notes
+        if not c.pretrained_backbones and not t.init_from:
+            notes["encoder_init"] = ("encoder backbones randomly initialised (official: ImageNet MobileNetV3, "
+                                     "smirk_encoder.py:7; -o pretrained_backbones=true reads them from torch's cache)")
         if t.weight("mica_loss") > 0:
             notes["mica_loss"] = (f"MICA shape loss DISABLED (weight {t.weight('mica_loss')}, "
                                   "config_pretrain.yaml:45): fbench has no MICA model")
@@ -432,5 +437,3 @@ def _say(message: str) -> None:
 
     print(message, file=sys.stderr)
 
-
-from methods.smirk.plugin import OFFICIAL_OPTIMIZE as OPT  # noqa: E402
