@@ -70,8 +70,8 @@ def main() -> int:
                           ("cpu" if args.device == "auto" else args.device))
     torch.manual_seed(0)
 
-    import methods.smirk.masking as masking
     from fbench.train import RunContext
+    from methods.smirk import masking
     from methods.smirk.plugin import SmirkConfig, SmirkTrainConfig
     from methods.smirk.task import SmirkTask
 
@@ -108,7 +108,9 @@ def main() -> int:
     logs.update(task.training_step(batch, 1))
     moved_e = any(not torch.equal(a, p) for a, p in zip(before_e, task.encoder.expression_encoder.parameters()))
     moved_g = any(not torch.equal(a, p) for a, p in zip(before_g, task.generator.parameters()))
-    if not all(map(lambda v: v == v and abs(v) != float("inf"), logs.values())) or not (moved_e and moved_g):
+    import math
+
+    if not all(math.isfinite(v) for v in logs.values()) or not (moved_e and moved_g):
         print(f"FAILED: losses {logs}, expression encoder moved {moved_e}, generator moved {moved_g}")
         return 1
 

@@ -322,7 +322,7 @@ def test_first_path_terms_and_weights_match_the_official_code(ffhq_shards, tmp_p
     with torch.no_grad():  # a non-zero shape (the head starts at zero): its regulariser must still not count
         task.encoder.shape_encoder.shape_layers[-1].bias.normal_(0, 0.1, generator=g)
     torch.manual_seed(5)
-    loss, terms, enc = task.first_path(batch)
+    loss, terms, _ = task.first_path(batch)
     loss, terms = loss.detach(), {k: v.detach() for k, v in terms.items()}
     with torch.no_grad():
         e = task.encoder(batch["img"])

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from fbench.plugins import MethodPlugin
 
-
 # Official loss weights per phase: configs/config_pretrain.yaml:36-45 and configs/config_train.yaml:30-39
 # (georgeretsi/smirk at c7de404). MICA stays listed; fbench has no MICA model, so its weight is
 # recorded as disabled in the run's config.yaml whatever it is set to.
@@ -85,7 +84,7 @@ class SmirkConfig:
     train: SmirkTrainConfig = field(default_factory=SmirkTrainConfig)  # `fbench train smirk` only
 
     @classmethod
-    def tiny(cls) -> "SmirkConfig":
+    def tiny(cls) -> SmirkConfig:
         """A small generator for quick runs (contract tests, the demo); the encoder is always the official one."""
         return cls(generator_init_features=8, generator_res_blocks=1)
 

@@ -266,7 +266,12 @@ class SmirkTask(TaskBase):
 
     def train_loader(self, epoch: int) -> Iterable[Any]:
         from fbench.shards.stream import MixedShardDataset
-        from methods.smirk.data import SMIRK_MIX, SmirkDataConfig, SmirkTransform, smirk_mix
+        from methods.smirk.data import (
+            SMIRK_MIX,
+            SmirkDataConfig,
+            SmirkTransform,
+            smirk_mix,
+        )
 
         t, run = self.t, self.run
         if run.shards is None:
