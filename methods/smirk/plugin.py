@@ -2,10 +2,71 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fbench.plugins import MethodPlugin
+
+# Official loss weights per phase: configs/config_pretrain.yaml:36-45 and configs/config_train.yaml:30-39
+# (georgeretsi/smirk at c7de404). MICA stays listed; fbench has no MICA model, so its weight is
+# recorded as disabled in the run's config.yaml whatever it is set to.
+OFFICIAL_WEIGHTS: dict[str, dict[str, float]] = {
+    "pretrain": {"landmark_loss": 100.0, "perceptual_vgg_loss": 0.0, "reconstruction_loss": 0.0,
+                 "jaw_regularization": 0.0, "expression_regularization": 1e-2, "shape_regularization": 0.0,
+                 "cycle_loss": 0.0, "mica_loss": 10.0},
+    "core": {"landmark_loss": 100.0, "perceptual_vgg_loss": 10.0, "reconstruction_loss": 10.0,
+             "jaw_regularization": 1e-2, "expression_regularization": 1e-3, "shape_regularization": 100.0,
+             "cycle_loss": 1.0, "mica_loss": 0.0},
+}
+# learning rates: config_pretrain.yaml:9 (2e-4), config_train.yaml:11 (1e-3)
+OFFICIAL_LR = {"pretrain": 2e-4, "core": 1e-3}
+# which encoder parts are optimised: config_pretrain.yaml:28-30 (all), config_train.yaml:41-43 (expression only)
+OFFICIAL_OPTIMIZE = {"pretrain": ("pose", "shape", "expression"), "core": ("expression",)}
+
+
+@dataclass
+class SmirkTrainConfig:
+    """`fbench train smirk` settings (section `train`). A None weight or lr takes the phase's
+    official value (OFFICIAL_WEIGHTS, OFFICIAL_LR above)."""
+
+    phase: str = "core"  # pretrain (encoder only, config_pretrain.yaml) or core (config_train.yaml)
+    lr: float | None = None  # generator lr; the encoder's is encoder_lr_scale x lr
+    encoder_lr_scale: float = 0.25  # base_trainer.py:36
+    generator_betas: tuple[float, float] = (0.5, 0.999)  # base_trainer.py:62
+    generator_clip: float = 0.1  # cycle path, generator gradient norm (smirk_trainer.py:379)
+    batch_size: int = 32  # config_train.yaml:13
+    workers: int = 8  # config_train.yaml:14
+    samples_per_epoch: int = 50000  # config_train.yaml:23 (an epoch is samples_per_epoch // batch_size steps)
+    skip_missing: bool = False  # ours: train on the datasets present, weights renormalised (recorded)
+    augment: bool = True  # SMIRK's image augmentations (methods.smirk.augment)
+    mask_ratio: float = 0.01  # config_train.yaml:18
+    mask_dilation_radius: int = 10  # config_train.yaml:19
+    Ke: int = 1  # copies per image in the cycle path, config_train.yaml:22
+    use_eyelids: bool = True  # config_train.yaml:56
+    alternate_freezing: bool = True  # base_trainer.py:258-268: encoder frozen in the cycle on even steps, generator on odd
+    templates: str = ""  # FaMoS expression templates (`fbench fit-flame famos --export-templates DIR`); "": the asset
+    init_from: str = ""  # official-layout SMIRK .pt to start from (train.py:38-39 `resume`), e.g. a pretrain run's
+    landmark_loss: float | None = None
+    perceptual_vgg_loss: float | None = None
+    reconstruction_loss: float | None = None
+    jaw_regularization: float | None = None
+    expression_regularization: float | None = None
+    shape_regularization: float | None = None
+    cycle_loss: float | None = None
+    mica_loss: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.phase not in OFFICIAL_WEIGHTS:
+            raise ValueError(f"train.phase must be one of {', '.join(OFFICIAL_WEIGHTS)}, got {self.phase!r}")
+        if self.batch_size < 1 or self.Ke < 1 or self.samples_per_epoch < self.batch_size or self.workers < 0:
+            raise ValueError("train: batch_size, Ke >= 1, workers >= 0 and samples_per_epoch >= batch_size")
+
+    def weight(self, name: str) -> float:
+        value = getattr(self, name)
+        return OFFICIAL_WEIGHTS[self.phase][name] if value is None else float(value)
+
+    def learning_rate(self) -> float:
+        return OFFICIAL_LR[self.phase] if self.lr is None else float(self.lr)
 
 
 @dataclass
@@ -20,9 +81,10 @@ class SmirkConfig:
     generator_init_features: int = 32
     generator_res_blocks: int = 5
     pretrained_backbones: bool = False  # ImageNet MobileNetV3 weights, only from the local cache
+    train: SmirkTrainConfig = field(default_factory=SmirkTrainConfig)  # `fbench train smirk` only
 
     @classmethod
-    def tiny(cls) -> "SmirkConfig":
+    def tiny(cls) -> SmirkConfig:
         """A small generator for quick runs (contract tests, the demo); the encoder is always the official one."""
         return cls(generator_init_features=8, generator_res_blocks=1)
 
@@ -60,6 +122,12 @@ def from_checkpoint(path: Path):
     return load(path)
 
 
+def _task(config: SmirkConfig):
+    from methods.smirk.task import SmirkTask
+
+    return SmirkTask(config)
+
+
 METHOD = MethodPlugin(
     name="smirk",
     summary="SMIRK (Retsinas et al., CVPR 2024): MobileNetV3 FLAME encoder with an analysis-by-neural-synthesis "
@@ -67,7 +135,7 @@ METHOD = MethodPlugin(
     config=SmirkConfig,
     build=build,
     from_checkpoint=from_checkpoint,
-    task=None,  # training: a later issue
+    task=_task,
     checkpoint_asset="smirk-checkpoint",
     save=save,
 )

@@ -1,0 +1,381 @@
+"""SMIRK's training task (methods/smirk/task.py): `fbench train smirk` on miniature FFHQ shards,
+and its loss terms and cycle augmentation against plain re-computations of the official code
+(georgeretsi/smirk c7de404, src/smirk_trainer.py)."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from click.testing import CliRunner
+
+from fbench.io import load_checkpoint
+from methods.smirk.task import augment_expressions, cycle_loss, load_templates
+
+SMALL = ["-o", "train.skip_missing=true", "-o", "train.batch_size=2", "-o", "train.workers=0",
+         "-o", "train.samples_per_epoch=4", "-o", "generator_init_features=8", "-o", "generator_res_blocks=1",
+         "-o", "loop.progress=false", "-o", "loop.log_every=1", "-o", "loop.device=cpu",
+         "-o", "loop.checkpoint_every=1"]
+
+
+def _cli(*args: str):
+    from fbench.cli import main
+
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def ffhq_shards(tmp_path_factory) -> Path:
+    """4 synthetic FFHQ images prepped with MediaPipe (the synthetic heads are detected; SMIRK needs
+    MediaPipe landmarks), FAN off: <root>/ffhq/{train,val}."""
+    root = tmp_path_factory.mktemp("smirk_task")
+    r = _cli("synth", "ffhq", "--out", str(root / "FFHQ"), "--n", "4")
+    assert r.exit_code == 0, r.output
+    r = _cli("prep", "ffhq", "--root", str(root / "FFHQ"), "--out", str(root / "shards"), "--landmarks", "detect",
+             "--fan", "off", "--no-progress")
+    assert r.exit_code == 0, r.output
+    return root / "shards"
+
+
+def _write_templates(root: Path, n_exp: int = 50) -> Path:
+    rng = np.random.default_rng(1)
+    for subject, cls in (("FaMoS_subject_001", "high_smile"), ("FaMoS_subject_002", "jaw"),
+                         ("FaMoS_subject_002", "anger")):  # anger: not one of SMIRK's twelve classes
+        folder = root / subject / cls
+        folder.mkdir(parents=True)
+        for i in range(2):
+            np.save(folder / f"{i:06d}.npy", {"expression": rng.normal(size=n_exp).astype(np.float32),
+                                              "jaw": np.zeros(3, np.float32), "pose": np.zeros(15, np.float32)},
+                    allow_pickle=True)
+    (root / "templates_manifest.json").write_text("{}")
+    return root
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(run / "metrics.csv") as fh:
+        return [{k: v for k, v in row.items() if k != "time_s"} for row in csv.DictReader(fh)]
+
+
+def test_core_phase_trains_two_steps_and_exports(ffhq_shards, tmp_path, monkeypatch, one_torch_thread):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no VGG weights: the perceptual loss is recorded off
+    templates = _write_templates(tmp_path / "templates")
+    full = tmp_path / "full"
+    common = ["train", "smirk", "--shards", str(ffhq_shards), *SMALL, "-o", f"train.templates={templates}"]
+    r = _cli(*common, "--out", str(full), "-o", "loop.max_steps=2")
+    assert r.exit_code == 0, r.output
+    rows = _rows(full)
+    assert [row["step"] for row in rows] == ["1", "2"]
+    for key in ("landmark_loss_mp", "reconstruction_loss", "cycle_loss", "loss_first_path",
+                "expression_regularization", "jaw_regularization"):
+        assert all(math.isfinite(float(row[key])) for row in rows), key
+    assert float(rows[0]["reconstruction_loss"]) > 0 and float(rows[0]["cycle_loss"]) > 0
+    record = yaml.safe_load((full / "config.yaml").read_text())["run"]
+    assert record["perceptual_loss"].startswith("perceptual loss DISABLED")
+    assert record["cycle_templates"] == f"4 FaMoS expression templates from {templates}"
+    assert "without lrs3, mead, celeba, mead_sides" in record["data_mix"] and "ffhq 1.000" in record["data_mix"]
+    # official optimisers: encoder Adam at 0.25 x 1e-3 over the expression encoder only, generator betas (0.5, 0.999)
+    ckpt = load_checkpoint(full / "checkpoints" / "last.pt")
+    enc, gen = ckpt["optimizers"]["encoder"]["param_groups"][0], ckpt["optimizers"]["generator"]["param_groups"][0]
+    assert enc["lr"] == pytest.approx(2.5e-4) and gen["lr"] == pytest.approx(1e-3)
+    assert tuple(gen["betas"]) == (0.5, 0.999)
+    from methods.smirk.model import SmirkEncoder
+
+    n_expression = len(list(SmirkEncoder().expression_encoder.parameters()))
+    assert len(enc["params"]) == n_expression
+    # the exported SMIRK.pt is the official layout, read by the plugin, equal to the trained modules
+    from methods.smirk.plugin import from_checkpoint
+
+    model = from_checkpoint(full / "SMIRK.pt")
+    assert model.generator is not None
+    trained = ckpt["modules"]["smirk_encoder"]
+    assert all(torch.equal(v, trained[k]) for k, v in model.encoder.state_dict().items())
+    params = model.reconstruct(torch.rand(1, 3, 224, 224))
+    assert params.expression.shape == (1, 50)
+
+
+def _same_parameters(a: Path, b: Path) -> None:
+    ca, cb = load_checkpoint(a / "checkpoints" / "last.pt"), load_checkpoint(b / "checkpoints" / "last.pt")
+    assert ca["modules"].keys() == cb["modules"].keys()
+    for name in ca["modules"]:
+        wa, wb = ca["modules"][name], cb["modules"][name]
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), f"{name}: resumed parameters differ"
+    assert ca["position"] == cb["position"]
+    assert _rows(a) == _rows(b)
+
+
+@pytest.mark.slow
+def test_core_phase_resumes_to_the_parameters_of_an_uninterrupted_run(ffhq_shards, tmp_path, monkeypatch,
+                                                                       one_torch_thread):
+    # (fast variant: the pretrain test.) Stop after step 1, resume to 3: step 2 freezes the
+    # generator in the cycle, step 3 the encoder; the cycle's RNG draws come back with the run's states.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    common = ["train", "smirk", "--shards", str(ffhq_shards), *SMALL]
+    assert _cli(*common, "--out", str(tmp_path / "full"), "-o", "loop.max_steps=3").exit_code == 0
+    assert _cli(*common, "--out", str(tmp_path / "part"), "-o", "loop.max_steps=1").exit_code == 0
+    r = _cli("train", "smirk", "--out", str(tmp_path / "part"), "--resume", "-o", "loop.max_steps=3")
+    assert r.exit_code == 0 and "resuming" in r.output, r.output
+    _same_parameters(tmp_path / "full", tmp_path / "part")
+
+
+def test_pretrain_phase_trains_the_encoder_alone_and_resumes_exactly(ffhq_shards, tmp_path, one_torch_thread):
+    run = tmp_path / "pre"
+    r = _cli("train", "smirk", "--shards", str(ffhq_shards), "--out", str(run), *SMALL,
+             "-o", "train.phase=pretrain", "-o", "loop.max_steps=2")
+    assert r.exit_code == 0, r.output
+    assert "MICA shape loss DISABLED" in r.output
+    rows = _rows(run)
+    assert len(rows) == 2 and all(math.isfinite(float(row["loss_first_path"])) for row in rows)
+    assert "cycle_loss" not in rows[0] and "reconstruction_loss" not in rows[0]
+    # config_pretrain.yaml: lr 2e-4 x 0.25, every encoder part optimised, no generator
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert set(ckpt["modules"]) == {"smirk_encoder"}
+    group = ckpt["optimizers"]["encoder"]["param_groups"][0]
+    assert group["lr"] == pytest.approx(5e-5) and len(group["params"]) == len(ckpt["modules"]["smirk_encoder"]) - \
+        sum(1 for k in ckpt["modules"]["smirk_encoder"] if k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert "MICA" in yaml.safe_load((run / "config.yaml").read_text())["run"]["mica_loss"]
+    from methods.smirk.plugin import from_checkpoint
+
+    assert from_checkpoint(run / "SMIRK.pt").generator is None
+    # stop after step 1 (a mid-epoch position), resume to 2: the same parameters and metrics
+    part = tmp_path / "part"
+    r = _cli("train", "smirk", "--shards", str(ffhq_shards), "--out", str(part), *SMALL,
+             "-o", "train.phase=pretrain", "-o", "loop.max_steps=1")
+    assert r.exit_code == 0, r.output
+    r = _cli("train", "smirk", "--out", str(part), "--resume", "-o", "loop.max_steps=2")
+    assert r.exit_code == 0 and "at step 1 (epoch 0, batch 1)" in r.output, r.output
+    _same_parameters(run, part)
+
+
+def test_missing_smirk_datasets_are_named(ffhq_shards, tmp_path):
+    r = _cli("train", "smirk", "--shards", str(ffhq_shards), "--out", str(tmp_path / "x"), "-o", "train.workers=0",
+             "-o", "loop.progress=false", "-o", "loop.device=cpu", "-o", "loop.max_steps=1")
+    assert r.exit_code != 0
+    text = r.output + repr(r.exception)
+    assert "SMIRK mix needs shards for: lrs3" in text and "celeba" in text
+
+
+# --------------------------------------------------------------------- against the official formulas
+
+
+def _official_augment(feats, templates, gids):
+    """smirk_trainer.py:199-242, transcribed line by line (device and Ke handling dropped)."""
+    ff = {k: v.clone() for k, v in feats.items()}
+    n, d = ff["expression_params"].shape
+    pm = torch.bernoulli(torch.ones((len(gids[0]), d)) * 0.5)
+    new = torch.randn((len(gids[0]), d)) * (1 + 2 * torch.rand((len(gids[0]), 1))) * pm + ff["expression_params"][gids[0]]
+    ff["expression_params"][gids[0]] = torch.clamp(new, -4.0, 4.0) + (0 + 0.2 * torch.rand((len(gids[0]), 1))) * \
+        torch.randn((len(gids[0]), d))
+    ff["expression_params"][gids[1]] = (0.25 + 1.25 * torch.rand((len(gids[1]), 1))) * \
+        ff["expression_params"][gids[1]][torch.randperm(len(gids[1]))] + \
+        (0 + 0.2 * torch.rand((len(gids[1]), 1))) * torch.randn((len(gids[1]), d))
+    for i in range(len(gids[2])):
+        expression = random.choice(templates)
+        ff["expression_params"][gids[2][i], :50] = (0.25 + 1.25 * torch.rand((1, 1))) * torch.Tensor(expression)
+    ff["expression_params"][gids[2]] += (0 + 0.2 * torch.rand((len(gids[2]), 1))) * torch.randn((len(gids[2]), d))
+    scale_mask = torch.Tensor([1, .1, .1]).view(1, 3) * torch.bernoulli(torch.ones(n) * 0.5).view(-1, 1)
+    ff["jaw_params"] = ff["jaw_params"] + torch.randn(ff["jaw_params"].size()) * 0.2 * scale_mask
+    ff["jaw_params"][..., 0] = torch.clamp(ff["jaw_params"][..., 0], 0.0, 0.5)
+    ff["eyelid_params"] += (-1 + 2 * torch.rand(size=ff["eyelid_params"].size())) * 0.25
+    ff["eyelid_params"] = torch.clamp(ff["eyelid_params"], 0.0, 1.0)
+    ff["expression_params"][gids[3]] *= 0.0
+    ff["expression_params"][gids[3]] += (0 + 0.2 * torch.rand((len(gids[3]), 1))) * torch.randn((len(gids[3]), d))
+    ff["jaw_params"][gids[3]] *= 0.0
+    ff["eyelid_params"][gids[3]] = torch.rand(size=ff["eyelid_params"][gids[3]].size())
+    return ff
+
+
+def _feats(n: int = 12) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return {"expression_params": torch.randn(n, 50, generator=g) * 2, "jaw_params": torch.rand(n, 3, generator=g) * 0.9,
+            "eyelid_params": torch.rand(n, 2, generator=g), "shape_params": torch.randn(n, 300, generator=g),
+            "pose_params": torch.randn(n, 3, generator=g) * 0.1, "cam": torch.rand(n, 3, generator=g)}
+
+
+def test_cycle_augmentation_groups_match_the_official_code():
+    feats = _feats()
+    templates = [np.random.default_rng(i).normal(size=50).astype(np.float32) * 3 for i in range(5)]
+    gids = list(torch.randperm(12, generator=torch.Generator().manual_seed(0)).split(3))
+    torch.manual_seed(7), random.seed(7)
+    want = _official_augment(feats, templates, gids)
+    torch.manual_seed(7), random.seed(7)
+    got, groups = augment_expressions(feats, templates, groups=gids)
+    for k in want:
+        assert torch.allclose(got[k], want[k], atol=1e-6), k
+    assert not got["expression_params"].requires_grad and torch.equal(feats["shape_params"], got["shape_params"])
+    # ranges: jaw opening in [0, 0.5], eyelids in [0, 1], zero-expression group small, jaw closed
+    assert got["jaw_params"][:, 0].min() >= 0 and got["jaw_params"][:, 0].max() == 0.5  # inputs reach 0.9
+    assert got["eyelid_params"].min() >= 0 and got["eyelid_params"].max() <= 1
+    zero = groups[3]
+    assert torch.all(got["jaw_params"][zero] == 0) and got["expression_params"][zero].abs().max() < 0.2 * 6
+    # default grouping: four quarters of a permutation
+    torch.manual_seed(1)
+    _, groups = augment_expressions(feats)
+    assert [len(g) for g in groups] == [3, 3, 3, 3] and sorted(torch.cat(groups).tolist()) == list(range(12))
+
+
+def test_cycle_augmentation_without_templates_uses_random_offsets_in_the_third_group():
+    feats = _feats(8)
+    gids = list(torch.arange(8).split(2))
+    torch.manual_seed(2)
+    got, _ = augment_expressions(feats, None, groups=gids)
+    g = gids[2]
+    assert not torch.allclose(got["expression_params"][g], feats["expression_params"][g])
+    assert got["expression_params"][g].abs().max() <= 4.0 + 0.2 * 6  # clamped to [-4, 4] plus the small noise
+
+
+def test_cycle_loss_is_the_official_formula():
+    a, b = _feats(4), _feats(4)
+    b = {k: v + 0.1 * torch.randn_like(v) for k, v in b.items()}
+    base = F.mse_loss(a["expression_params"], b["expression_params"]) + 10 * F.mse_loss(a["jaw_params"], b["jaw_params"])
+    eyelid = 10 * F.mse_loss(a["eyelid_params"], b["eyelid_params"])
+    shape = F.mse_loss(a["shape_params"], b["shape_params"])
+    assert cycle_loss(a, b) == pytest.approx(float(base + eyelid), rel=1e-6)
+    assert cycle_loss(a, b, use_eyelids=False) == pytest.approx(float(base), rel=1e-6)
+    assert cycle_loss(a, b, with_shape=True) == pytest.approx(float(base + eyelid + shape), rel=1e-6)
+
+
+def test_templates_are_read_from_the_official_layout_and_classes(tmp_path):
+    root = _write_templates(tmp_path / "t")
+    got = load_templates(root)
+    assert len(got) == 4 and all(t.shape == (50,) for t in got)  # the `anger` folder is not one of SMIRK's classes
+    want = np.load(root / "FaMoS_subject_001" / "high_smile" / "000000.npy", allow_pickle=True).item()["expression"]
+    assert np.array_equal(got[0], want)
+
+
+def test_training_step_alternates_freezing_and_clips_the_generator(ffhq_shards, tmp_path, monkeypatch,
+                                                                   one_torch_thread):
+    # base_trainer.py:258-268 and smirk_trainer.py:349-391: the first path steps both optimisers;
+    # the cycle path steps the generator (gradient norm clipped to 0.1, shape in the cycle loss)
+    # on even steps, the encoder (generator output detached, no shape term) on odd steps.
+    import methods.smirk.task as task_module
+
+    task, batch = _task_and_batch(ffhq_shards, tmp_path, monkeypatch)
+    opts = task.opts
+    calls: list[tuple[str, object]] = []
+    for name, opt in opts.items():
+        original = opt.step
+
+        def step(*a, _name=name, _orig=original, **k):
+            if _name == "generator":
+                norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in task.generator.parameters()
+                                                             if p.grad is not None]))
+                calls.append((_name, float(norm)))
+            else:
+                calls.append((_name, None))
+            return _orig(*a, **k)
+        opt.step = step
+    flags = []
+    real_loss = task_module.cycle_loss
+
+    def spy(recon, target, use_eyelids=True, with_shape=False):
+        flags.append((with_shape, recon["expression_params"].requires_grad,
+                      any(p.requires_grad for p in task.encoder.parameters())))
+        return real_loss(recon, target, use_eyelids, with_shape)
+    monkeypatch.setattr(task_module, "cycle_loss", spy)
+    logs = task.training_step(batch, 0)
+    assert [c[0] for c in calls] == ["encoder", "generator", "generator"]
+    assert calls[2][1] <= 0.1 + 1e-6  # clipped (smirk_trainer.py:379)
+    assert flags == [(True, True, False)]  # encoder frozen, generator output not detached, shape term in
+    assert all(math.isfinite(v) for v in logs.values())
+    calls.clear()
+    task.training_step(batch, 1)
+    assert [c[0] for c in calls] == ["encoder", "generator", "encoder"]
+    assert flags[1] == (False, True, True)  # generator frozen (its output detached), encoder trains
+    # the phase's frozen encoder parts come back frozen, the optimised ones trainable, the generator trainable
+    assert all(p.requires_grad for p in task.encoder.expression_encoder.parameters())
+    assert not any(p.requires_grad for p in task.encoder.shape_encoder.parameters())
+    assert all(p.requires_grad for p in task.generator.parameters())
+
+
+def _task_and_batch(shards: Path, tmp_path: Path, monkeypatch, phase: str = "core"):
+    from fbench.train import RunContext
+    from methods.smirk.plugin import SmirkConfig, SmirkTrainConfig
+    from methods.smirk.task import SmirkTask
+
+    config = SmirkConfig(generator_init_features=8, generator_res_blocks=1,
+                         train=SmirkTrainConfig(phase=phase, batch_size=2, workers=0, samples_per_epoch=4,
+                                                skip_missing=True))
+    task = SmirkTask(config)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    task.setup(RunContext(out=tmp_path, device=torch.device("cpu"), seed=0, shards=shards))
+    task.opts = task.configure_optimizers()
+    return task, next(iter(task.train_loader(0)))
+
+
+def test_first_path_terms_and_weights_match_the_official_code(ffhq_shards, tmp_path, monkeypatch, one_torch_thread):
+    # smirk_trainer.py:57-72, 97-101, 134-154 with config_train.yaml:30-43 (shape not optimised: no shape term)
+    from methods.smirk import masking
+
+    task, batch = _task_and_batch(ffhq_shards, tmp_path, monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    batch["landmarks_fan"] = torch.rand(2, 68, 2, generator=g) * 2 - 1
+    batch["flag_landmarks_fan"] = torch.tensor([True, False])
+    task.encoder.eval(), task.generator.eval()
+    with torch.no_grad():  # a non-zero shape (the head starts at zero): its regulariser must still not count
+        task.encoder.shape_encoder.shape_layers[-1].bias.normal_(0, 0.1, generator=g)
+    torch.manual_seed(5)
+    loss, terms, _ = task.first_path(batch)
+    loss, terms = loss.detach(), {k: v.detach() for k, v in terms.items()}
+    with torch.no_grad():
+        e = task.encoder(batch["img"])
+        rend = task.render(e)
+        fan = F.mse_loss(rend["landmarks_fan"][batch["flag_landmarks_fan"], :17],
+                         batch["landmarks_fan"][batch["flag_landmarks_fan"], :17])
+        mp = F.mse_loss(rend["landmarks_mp"], batch["landmarks_mp"])
+        exp_reg = torch.mean(e["expression_params"] ** 2)
+        jaw_reg = torch.mean(e["jaw_params"] ** 2)
+        torch.manual_seed(5)
+        task.encoder(batch["img"])  # nothing random in the encoder: the seed lines up with first_path's masking
+        masked = masking.masked_image(batch["img"], batch["mask"], rend["rendered_img"], rend["transformed_vertices"],
+                                      task.flame.faces, task.probabilities)
+        recon = F.l1_loss(task.generator(torch.cat([rend["rendered_img"], masked], 1)), batch["img"])
+    assert float(terms["landmark_loss_fan"]) == pytest.approx(float(fan), rel=1e-5)
+    assert float(terms["landmark_loss_mp"]) == pytest.approx(float(mp), rel=1e-5)
+    assert float(terms["expression_regularization"]) == pytest.approx(float(exp_reg), rel=1e-5)
+    assert float(terms["jaw_regularization"]) == pytest.approx(float(jaw_reg), rel=1e-5)
+    assert float(terms["reconstruction_loss"]) == pytest.approx(float(recon), rel=1e-5)
+    want = 100 * (fan + mp) + 1e-3 * exp_reg + 1e-2 * jaw_reg + 10 * recon
+    assert float(loss) == pytest.approx(float(want), rel=1e-5)
+    assert float(terms["shape_regularization"]) > 0
+    assert "perceptual_vgg_loss" not in terms  # no VGG weights: disabled
+    # pretrain: landmarks x 100 + expression regularisation x 1e-2 only (config_pretrain.yaml:36-45)
+    pre, batch = _task_and_batch(ffhq_shards, tmp_path / "pre", monkeypatch, phase="pretrain")
+    pre.encoder.eval()
+    loss, terms, _ = pre.first_path(batch)
+    loss, terms = loss.detach(), {k: v.detach() for k, v in terms.items()}
+    want = 100 * (terms["landmark_loss_fan"] + terms["landmark_loss_mp"]) + 1e-2 * terms["expression_regularization"]
+    assert float(loss) == pytest.approx(float(want), rel=1e-6) and "reconstruction_loss" not in terms
+
+
+def test_init_from_an_official_layout_checkpoint(tmp_path, monkeypatch):
+    # train.py:38-39 (`resume` with load_encoder / load_fuse_generator): encoder and generator weights
+    from fbench.train import RunContext
+    from methods.smirk.plugin import SmirkConfig, SmirkTrainConfig, build, save
+    from methods.smirk.task import SmirkTask
+
+    source = build(SmirkConfig.tiny())
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(0.01)
+    path = save(source, tmp_path / "start.pt")
+    config = SmirkConfig(generator_init_features=8, generator_res_blocks=1,
+                         train=SmirkTrainConfig(init_from=str(path), cycle_loss=0.0))
+    task = SmirkTask(config)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    task.setup(RunContext(out=tmp_path, device=torch.device("cpu"), seed=0))
+    for mine, theirs in ((task.encoder, source.encoder), (task.generator, source.generator)):
+        a, b = mine.state_dict(), theirs.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    bad = save(build(SmirkConfig(generator=False)), tmp_path / "encoder_only.pt")
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match="encoder_only.pt"):
+        SmirkTask(SmirkConfig(train=SmirkTrainConfig(init_from=str(bad)))).setup(
+            RunContext(out=tmp_path, device=torch.device("cpu"), seed=0))
