@@ -232,3 +232,12 @@ def test_samples_without_mediapipe_are_skipped_by_default(tmp_path: Path) -> Non
     kept = [s for s in ShardDataset(one, SmirkTransform(SmirkDataConfig(require_mediapipe=False), train=False))]
     black = [s for s in kept if s["key"] == "toy_val-clip_f000005"][0]
     assert black["flag_landmarks_mp"] is False and black["mask"].min() == 1
+
+
+def test_a_mix_whose_transform_keeps_nothing_fails_instead_of_spinning(prepped: Path, monkeypatch) -> None:
+    import fbench.shards.stream as stream
+
+    monkeypatch.setattr(stream, "MAX_REFUSED_IN_A_ROW", 20)
+    every = ShardSet("toy", tuple(map(str, shard_paths(prepped))))
+    with pytest.raises(RuntimeError, match="kept none of 20 samples in a row"):
+        next(iter(MixedShardDataset([every], lambda sample, rng: None, batch_size=2)))

@@ -35,6 +35,8 @@ import webdataset as wds
 from fbench.shards.reader import shard_paths
 from fbench.shards.schema import ShardSample, decode_sample
 
+MAX_REFUSED_IN_A_ROW = 2000  # a mix entry whose transform refuses this many samples in a row is an error
+
 # sample -> training dict, or None to skip it; `rng` is the reader's own generator
 Transform = Callable[[ShardSample, np.random.Generator], "dict[str, Any] | None"]
 
@@ -175,12 +177,20 @@ class MixedShardDataset(torch.utils.data.IterableDataset):
         while remaining is None or remaining > 0:
             batch = []
             for shard_set, stream, n in zip(self.sets, streams, self.per_batch):
+                refused = 0
                 while n > 0:
-                    prepared = self.transform(next(stream), rng)
+                    sample = next(stream)
+                    prepared = self.transform(sample, rng)
                     if prepared is not None:
                         prepared["mix"] = shard_set.name
                         batch.append(prepared)
                         n -= 1
+                        refused = 0
+                    elif (refused := refused + 1) >= MAX_REFUSED_IN_A_ROW:  # an endless stream of nothing
+                        raise RuntimeError(
+                            f"shard set {shard_set.name!r}: the method's transform kept none of "
+                            f"{MAX_REFUSED_IN_A_ROW} samples in a row (e.g. {sample.key}); the shards lack what it "
+                            "needs (SMIRK: MediaPipe landmarks, so prep with --landmarks detect)")
             yield torch.utils.data.default_collate(batch)
             if remaining is not None:
                 remaining -= 1
