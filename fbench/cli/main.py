@@ -33,6 +33,13 @@ def main(verbose: int) -> None:
       fbench list                          # installed pipelines, methods, benchmarks
       fbench flame synth --out flame/      # write the synthetic FLAME-format model
       fbench flame decode --params p.npz --out mesh.obj
+
+    \b
+    The researcher's commands (dataset roots: `fbench assets`):
+      fbench prep affectnet --out shards/
+      fbench fit-flame famos --stride 10
+      fbench train smirk
+      fbench eval multiface --method smirk
     """
     level = logging.WARNING - 10 * min(verbose + 1, 2)  # INFO by default, DEBUG with -v
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
