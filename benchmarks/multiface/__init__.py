@@ -462,10 +462,7 @@ def _render_error_map(root: Path, entity: reader.Entity, setup: dict, ref: reade
     ax.set_axis_off()
     ax.set_title(f"{reader.entity_id(ref.entity)} frame {ref.frame:06d}: mean {d.mean():.2f} mm")
     fig.colorbar(shade, ax=ax, fraction=0.046, label="scan-to-mesh error (mm)")
-    try:
-        save_figure(fig, path)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)  # closes the figure
 
 
 BENCHMARK = BenchmarkPlugin(name="multiface", summary="MultiFace ScanToMesh error (NoW protocol; SMIRK supp. Table 2)",

@@ -163,21 +163,17 @@ def gather_results(folder: str | Path) -> list[Table]:
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Write a matplotlib figure as PNG atomically (temp file + rename)."""
-    import os
-    import tempfile
+    """Write a matplotlib figure as PNG atomically (fbench.io) and close it."""
+    import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    from fbench.io import atomic_path
+
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # the temporary keeps the .png suffix matplotlib reads
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        return Path(path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+        plt.close(fig)
 
 
 def cumulative_curve(distances: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -204,10 +200,7 @@ def plot_cumulative_error(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], p
     ax.legend(loc="lower right")
     if title:
         ax.set_title(title)
-    try:
-        return save_figure(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, Path(path))
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
@@ -232,7 +225,4 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
     fig.colorbar(im, ax=ax, fraction=0.046)
     if title:
         ax.set_title(title)
-    try:
-        return save_figure(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, Path(path))
