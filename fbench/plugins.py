@@ -15,6 +15,7 @@ tests/test_contracts.py run every installed plugin through its protocol.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -150,12 +151,9 @@ class PipelinePlugin:
         if self.stage not in PIPELINE_STAGES:
             raise ValueError(f"pipeline {self.name!r}: stage must be one of {PIPELINE_STAGES}, got {self.stage!r}")
 
-    @property
+    @cached_property  # stored in the instance's __dict__, so it works on a frozen dataclass
     def command(self) -> Any:  # click.Command
-        cache = self.__dict__.setdefault("_command_cache", [])
-        if not cache:
-            cache.append(self.make_command())
-        return cache[0]
+        return self.make_command()
 
 
 @dataclass(frozen=True)

@@ -399,11 +399,17 @@ def test_cli_writes_the_default_size_fast(tmp_path, flame_dir, monkeypatch):
     monkeypatch.setattr(multiface, "render_photo", quarter)
     result = CliRunner().invoke(main, ["synth", "multiface", "--out", str(tmp_path), "--n", "1",
                                        "--flame", str(flame_dir)])
+    check_default_size_output(result, tmp_path)
+
+
+def check_default_size_output(result, out) -> None:
+    """What `fbench synth multiface --n 1` at the default size promises: the card's image size and
+    the frontal camera's calibration in both the KRT file and the ground truth."""
     assert result.exit_code == 0, result.output
-    entity = [p for p in tmp_path.iterdir() if p.is_dir()][0]
+    entity = [p for p in out.iterdir() if p.is_dir()][0]
     image = next((entity / "images").rglob("*.png"))
     assert Image.open(image).size == tuple(CARD["synthetic"]["image_size"])
-    gt = read_ground_truth(tmp_path)
+    gt = read_ground_truth(out)
     K = read_krt(entity / "KRT")["400030"]["K"]
     assert np.array_equal(gt.extras["camera_K"][0], K) and 7000 < K[0, 0] * 2 < 8200
 
@@ -416,13 +422,7 @@ def test_cli_writes_the_default_size(tmp_path, flame_dir):
 
     result = CliRunner().invoke(main, ["synth", "multiface", "--out", str(tmp_path), "--n", "1",
                                        "--flame", str(flame_dir)])
-    assert result.exit_code == 0, result.output
-    entity = [p for p in tmp_path.iterdir() if p.is_dir()][0]
-    image = next((entity / "images").rglob("*.png"))
-    assert Image.open(image).size == tuple(CARD["synthetic"]["image_size"])
-    gt = read_ground_truth(tmp_path)
-    K = read_krt(entity / "KRT")["400030"]["K"]
-    assert np.array_equal(gt.extras["camera_K"][0], K) and 7000 < K[0, 0] * 2 < 8200
+    check_default_size_output(result, tmp_path)
 
 
 def test_remesh_on_a_sphere():
