@@ -143,6 +143,29 @@ def test_generator_uses_the_tokens_and_starts_with_the_decoder_path_closed():
         gen(torch.rand(1, 6, 64, 64), tokens[:, :1])
 
 
+def test_generator_routes_the_tokens_as_the_official_forward():
+    """generator.py:62-115 re-composed from the blocks: encoder blocks 1-4 take tokens 3, 2, 1, 0,
+    the bottleneck token 0, decoder blocks 4-1 tokens 0-3, the token decoder [t3, t2, t1, t0]."""
+    torch.manual_seed(6)
+    gen = TeaserGenerator(init_features=4, res_blocks=1, image_size=32).eval()
+    with torch.no_grad():
+        for i in range(1, 5):
+            getattr(gen, f"token_zero_conv_{i}").weight.normal_(0, 0.5)
+        x, t = torch.rand(2, 6, 32, 32), torch.randn(4, 2, 256)
+        e1 = gen.encoder1(x, t[3])
+        e2 = gen.encoder2(gen.pool1(e1), t[2])
+        e3 = gen.encoder3(gen.pool2(e2), t[1])
+        e4 = gen.encoder4(gen.pool3(e3), t[0])
+        b = gen.resnet_blocks[0](gen.bottleneck(gen.pool4(e4), t[0]))
+        maps = gen.token_decoder(torch.cat([t[3], t[2], t[1], t[0]], dim=1))
+        d4 = gen.decoder4(torch.cat((gen.upconv4(b), e4), 1), t[0]) + gen.token_zero_conv_4(maps[0])
+        d3 = gen.decoder3(torch.cat((gen.upconv3(d4), e3), 1), t[1]) + gen.token_zero_conv_3(maps[1])
+        d2 = gen.decoder2(torch.cat((gen.upconv2(d3), e2), 1), t[2]) + gen.token_zero_conv_2(maps[2])
+        d1 = gen.decoder1(torch.cat((gen.upconv1(d2), e1), 1), t[3]) + gen.token_zero_conv_1(maps[3])
+        assert torch.allclose(gen(x, t), torch.sigmoid(gen.conv(d1)), atol=1e-6)
+    assert [m.shape[1:] for m in maps] == [(32, 4, 4), (16, 8, 8), (8, 16, 16), (4, 32, 32)]
+
+
 def test_generate_masks_as_the_official_test_script(small_model):
     """test_image.py:179-196: image x dilated hull x (1 - rendered mask), no sampled pixels."""
     from methods.smirk import masking

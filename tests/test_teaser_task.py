@@ -179,6 +179,12 @@ def test_first_path_terms_with_every_teaser_loss_on(flame_dir, tmp_path, monkeyp
     loss, terms, enc = task.first_path(batch)
     t = config.train
     recon = task._last["recon"]
+    from methods.smirk import masking
+
+    with torch.no_grad():  # the generator got the image's own tokens (trainer.py:147)
+        again_recon = task.generator(masking.generator_input(task._last["rendered"], task._last["masked"]),
+                                     enc["token"])
+    assert torch.allclose(again_recon, recon, atol=1e-6)
     # TEASER's masked input: no face pixels kept (masking.py:104-116)
     assert float(task._last["masked"][..., 90:140, 90:140].abs().sum()) == 0
     region = region_masks(batch["landmarks_fan"], batch["flag_landmarks_fan"], 224)

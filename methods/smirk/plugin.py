@@ -113,7 +113,7 @@ def build(config: SmirkConfig | None = None):
 
 
 def save(model, path: Path) -> Path:
-    """Write a SmirkModel in the official checkpoint layout."""
+    """Write a SmirkModel (or a model built on it, e.g. TEASER's) in the official flat checkpoint layout."""
     from methods.smirk.checkpoint import save_checkpoint
 
     return save_checkpoint(model, path)

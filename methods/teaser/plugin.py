@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from fbench.plugins import MethodPlugin
 from methods.smirk.plugin import OFFICIAL_WEIGHTS as SMIRK_WEIGHTS
-from methods.smirk.plugin import SmirkConfig, SmirkTrainConfig
+from methods.smirk.plugin import SmirkConfig, SmirkTrainConfig, save  # save: the same flat layout writer
 
 # Official loss weights per phase. core: configs/config_train.yaml:31-47 (Pixel-Talk/TEASER
 # c235716); pretrain: configs/config_pretrain.yaml:36-45, which is SMIRK's and names none of
@@ -64,22 +64,25 @@ class TeaserConfig(SmirkConfig):
                              f"got {self.generator_image_size}")
 
 
+def build_encoder(c: TeaserConfig):
+    from methods.teaser.model import TeaserEncoder
+
+    return TeaserEncoder(n_exp=c.n_exp, n_shape=c.n_shape, pretrained=c.pretrained_backbones)
+
+
+def build_generator(c: TeaserConfig):
+    from methods.teaser.model import TeaserGenerator
+
+    return TeaserGenerator(c.generator_in_channels, c.generator_out_channels, c.generator_init_features,
+                           c.generator_res_blocks, c.generator_image_size)
+
+
 def build(config: TeaserConfig | None = None):
     """A freshly initialised TeaserModel (the official initialisation)."""
-    from methods.teaser.model import TeaserEncoder, TeaserGenerator, TeaserModel
+    from methods.teaser.model import TeaserModel
 
     c = config or TeaserConfig()
-    encoder = TeaserEncoder(n_exp=c.n_exp, n_shape=c.n_shape, pretrained=c.pretrained_backbones)
-    generator = TeaserGenerator(c.generator_in_channels, c.generator_out_channels, c.generator_init_features,
-                                c.generator_res_blocks, c.generator_image_size) if c.generator else None
-    return TeaserModel(encoder, generator).eval()
-
-
-def save(model, path: Path) -> Path:
-    """Write a TeaserModel in the official checkpoint layout."""
-    from methods.teaser.checkpoint import save_checkpoint
-
-    return save_checkpoint(model, path)
+    return TeaserModel(build_encoder(c), build_generator(c) if c.generator else None).eval()
 
 
 def from_checkpoint(path: Path):
@@ -104,5 +107,5 @@ METHOD = MethodPlugin(
     from_checkpoint=from_checkpoint,
     task=_task,
     checkpoint_asset="teaser-checkpoint",
-    save=save,
+    save=save,  # SMIRK's: writes any model's state dict in the official flat layout
 )

@@ -209,17 +209,14 @@ class TeaserTask(SmirkTask):
         self.landmarks_203: Landmarks203 | None = None
 
     def make_encoder(self) -> nn.Module:
-        from methods.teaser.model import TeaserEncoder
+        from methods.teaser.plugin import build_encoder
 
-        c = self.config
-        return TeaserEncoder(n_exp=c.n_exp, n_shape=c.n_shape, pretrained=c.pretrained_backbones)
+        return build_encoder(self.config)
 
     def make_generator(self) -> nn.Module:
-        from methods.teaser.model import TeaserGenerator
+        from methods.teaser.plugin import build_generator
 
-        c = self.config
-        return TeaserGenerator(c.generator_in_channels, c.generator_out_channels, c.generator_init_features,
-                               c.generator_res_blocks, c.generator_image_size)
+        return build_generator(self.config)
 
     def optimised_parts(self) -> dict[str, bool]:
         parts = super().optimised_parts()  # "token" is not in SMIRK's lists: False
