@@ -174,9 +174,13 @@ def test_first_path_terms_with_every_teaser_loss_on(flame_dir, tmp_path, monkeyp
     task.setup(run)
     assert run.notes["landmark_loss_203"] == f"203-landmark loss from {asset}"
     assert task.optimised == {"pose": False, "shape": False, "expression": True, "token": True}
+    with torch.no_grad():  # tokens that differ between images (at init they are nearly constant)
+        for layer in task.encoder.token_encoder.token_layers:
+            layer[0].weight.normal_(0, 0.5)
     batch = _batch()
     torch.manual_seed(0)
     loss, terms, enc = task.first_path(batch)
+    assert float(terms["token_cycle_loss"]) > 1e-3 * float(loss)  # large enough to be seen in the sum
     t = config.train
     recon = task._last["recon"]
     from methods.smirk import masking
