@@ -128,13 +128,15 @@ def test_cycle_terms_add_the_first_token():
     # the cycle path's masked input: masking_face of the augmented render (trainer.py:343-345), no moved pixels
     from methods.smirk import masking
 
-    img, hull = torch.rand(2, 3, 32, 32, generator=g), torch.ones(2, 1, 32, 32)
-    hull[..., 8:24, 8:24] = 0
-    render = torch.zeros(2, 3, 32, 32)
-    render[..., 12:20, 2:30] = 0.6
+    img, hull = torch.rand(2, 3, 64, 64, generator=g), torch.ones(2, 1, 64, 64)
+    hull[..., 24:40, 24:40] = 0
+    render = torch.zeros(2, 3, 64, 64)
+    render[..., 4:10, 2:60] = 0.6  # outside the dilated hull
     got = task.cycle_masked(img, hull, {"transformed_vertices": torch.zeros(2, 5, 3)}, {"rendered_img": render})
     want = img * masking.dilate_face(hull, config_radius := task.t.mask_dilation_radius) * (render == 0).all(1, True)
     assert config_radius == 10 and torch.equal(got, want)
+    assert float(got[..., 4:10, 2:60].abs().sum()) == 0 and float(got[..., 14:50, 14:50].abs().sum()) == 0
+    assert float(got.abs().sum()) > 0
     rep = task.repeat_outputs(a, 2)
     assert rep["token"].shape == (4, 4, 256) and rep["expression_params"].shape == (4, 50)
     assert torch.equal(rep["token"][:, 2:], a["token"]) and not rep["token"].requires_grad
