@@ -19,6 +19,7 @@ from methods.teaser.model import (
     token_feature_sizes,
 )
 from test_smirk_model import OFFICIAL_KEYS, _expected_layout
+from test_teaser_task import teaser_registered  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FIXTURE = Path(__file__).parent / "fixtures" / "teaser_state_dict.txt"
@@ -254,3 +255,36 @@ def test_bad_files_are_refused_with_a_named_error(small_model, tmp_path, case):
         from_checkpoint(tmp_path / f"{case}.pt")
     message = str(err.value)
     assert message.startswith(str(tmp_path / f"{case}.pt")) and needle in message, message
+
+
+# ----------------------------------------------------------------------------------- the CLI
+
+
+@pytest.mark.slow
+def test_eval_multiface_and_reconstruct_run_with_a_saved_teaser_checkpoint(tmp_path, tmp_path_factory, flame_dir,
+                                                                          teaser_registered, one_torch_thread):  # noqa: F811
+    """(fast variant: the contract test, tests/test_contracts.py, reconstructs through the plugin.)"""
+    import json
+
+    from click.testing import CliRunner
+
+    from conftest import shared_synthetic
+    from fbench.cli import main
+    from fbench.flame import FLAME
+    from methods.teaser.plugin import METHOD, TeaserConfig
+
+    ckpt = METHOD.save(METHOD.build(TeaserConfig.tiny()), tmp_path / "teaser_tiny.pt")
+    data = shared_synthetic(tmp_path_factory, "multiface", FLAME(flame_dir, n_exp=50), 1, 0, 0).root
+    runner = CliRunner()
+    r = runner.invoke(main, ["eval", "multiface", "--method", "teaser", "--checkpoint", str(ckpt), "--root", str(data),
+                             "--out", str(tmp_path / "eval"), "--flame", str(flame_dir)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert "multiface / teaser" in r.output and metrics
+    image = next(p for p in sorted(data.rglob("*.png")) if "images" in p.parts)
+    r = runner.invoke(main, ["reconstruct", str(image), "--method", "teaser", "--checkpoint", str(ckpt), "--out",
+                             str(tmp_path / "recon"), "--generator", "--no-progress", "--flame", str(flame_dir)],
+                      catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "recon" / image.stem / "params.npz").is_file()
+    assert (tmp_path / "recon" / image.stem / "generator.png").is_file()
