@@ -33,4 +33,6 @@ FFHQ = _pipeline("ffhq", "FFHQ aligned portraits with 68 landmarks -> face crops
 LRS3 = _pipeline("lrs3", "LRS3-TED talking-head clips -> per-frame face crops (train/val by speaker)", prep="lrs3")
 MEAD = _pipeline("mead", "MEAD emotional talking faces, 7 views -> per-frame face crops (split by actor)", prep="mead")
 FAMOS = _pipeline("famos", "FLAME fits of FaMoS registrations (SMIRK expression templates)", fit="famos")
-BP4D = _pipeline("bp4d", "FLAME fits of BP4D-Spontaneous 3D scans (FIELDS supervision)", fit="bp4d")
+BP4D = _pipeline("bp4d", "BP4D-Spontaneous: FLAME fits of the 3D scans (fit-flame); the 2D frames with their fits' "
+                         "expression, jaw, eyelid targets -> face crops (prep; FIELDS supervision)",
+                 fit="bp4d", prep="bp4d_frames")
