@@ -91,14 +91,17 @@ def read_features(path: Path) -> dict[int, np.ndarray]:
 
     try:
         mat = loadmat(path)
-    except (NotImplementedError, ValueError, OSError, TypeError) as exc:  # v7.3 (HDF5) files, truncated files
-        raise ValueError(f"{path}: not a readable MATLAB file ({exc})") from None
+    except Exception as exc:  # scipy's parser fails in many ways on v7.3 (HDF5) or damaged files (IndexError, ...)
+        raise ValueError(f"{path}: not a readable MATLAB file ({type(exc).__name__}: {exc})") from None
     fit = mat.get("fit")
     if fit is None or fit.dtype.names is None or not {"frame", "pts_2d"} <= set(fit.dtype.names):
         raise ValueError(f"{path}: no struct array 'fit' with fields frame and pts_2d")
     out = {}
     for cell in fit.ravel():
-        frame, points = np.ravel(np.asarray(cell["frame"])), np.asarray(cell["pts_2d"], dtype=np.float64)
+        try:
+            frame, points = np.ravel(np.asarray(cell["frame"])), np.asarray(cell["pts_2d"], dtype=np.float64)
+        except (TypeError, ValueError):  # a cell holding something else than numbers: no points for it
+            continue
         if points.shape == (2, FEATURES_POINTS):
             points = points.T
         if frame.size == 1 and points.shape == (FEATURES_POINTS, 2) and np.isfinite(points).all():
