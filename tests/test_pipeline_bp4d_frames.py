@@ -187,3 +187,22 @@ def test_a_lost_frame_in_a_track_has_no_points(tmp_path) -> None:
     savemat(tmp_path / "other.mat", {"tracks": np.zeros(3)})
     with pytest.raises(ValueError, match="other.mat: no struct array 'fit'"):
         bp4d_frames.read_features(tmp_path / "other.mat")
+
+
+def test_resuming_with_changed_fits_is_refused(prepped, data, tmp_path) -> None:
+    """The fits file is part of the shards' content (its digest is in the prep config): shards made from
+    other fits are never mixed in by a resumed run."""
+    import h5py
+
+    fits = tmp_path / "fits" / "fits.h5"
+    fits.parent.mkdir()
+    shutil.copy(prepped["fits"], fits)
+    args = ("--fits", str(fits.parent), "--landmarks", "annotations", "--size", "64", "--limit", "1")
+    prep_cli("bp4d", data.root, tmp_path / "out", *args)
+    assert "units: 0 done now" in prep_cli("bp4d", data.root, tmp_path / "out", *args)[0]  # same fits: resumes
+    with h5py.File(fits, "a") as f:
+        subject = next(k for k in f if k != "failures")
+        task = next(t for t in f[subject] if len(f[subject][t]["frame"]))
+        f[subject][task]["expression"][0, 0] += 0.5
+    output, code = prep_cli("bp4d", data.root, tmp_path / "out", *args, ok=False)
+    assert code != 0 and "different settings" in output
