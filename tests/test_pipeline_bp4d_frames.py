@@ -200,6 +200,9 @@ def test_resuming_with_changed_fits_is_refused(prepped, data, tmp_path) -> None:
     args = ("--fits", str(fits.parent), "--landmarks", "annotations", "--size", "64", "--limit", "1")
     prep_cli("bp4d", data.root, tmp_path / "out", *args)
     assert "units: 0 done now" in prep_cli("bp4d", data.root, tmp_path / "out", *args)[0]  # same fits: resumes
+    # The run's config.yaml names its fits: resuming from it needs no --fits.
+    config = str(tmp_path / "out" / "bp4d" / "config.yaml")
+    assert "units: 0 done now" in prep_cli("bp4d", data.root, tmp_path / "out", "--config", config)[0]
     with h5py.File(fits, "a") as f:  # a row the one prepped sample does not carry: only the file's digest tells
         subject = [k for k in f if k != "failures"][-1]
         task = [t for t in f[subject] if len(f[subject][t]["frame"])][-1]
