@@ -209,3 +209,19 @@ def test_resuming_with_changed_fits_is_refused(prepped, data, tmp_path) -> None:
         f[subject][task]["expression"][-1, 0] += 0.5
     output, code = prep_cli("bp4d", data.root, tmp_path / "out", *args, ok=False)
     assert code != 0 and "different settings" in output
+
+
+def test_a_second_file_of_a_frame_is_a_reject_naming_both(prepped, data, tmp_path) -> None:
+    from pipelines.common import ERROR_LABEL, is_bad
+
+    fits, _, _ = read_fits(prepped["fits"])
+    subject, task = next(k for k, fit in fits.items() if len(fit) == 2)
+    frame = int(fits[(subject, task)].frame[0])
+    root = tmp_path / "root"
+    shutil.copytree(data.root / subject / task, root / subject / task)
+    shutil.copy(root / subject / task / f"{frame:04d}.jpg", root / subject / task / f"{frame}.jpeg")
+    _, items = _items(root, prepped["fits"])
+    good, bad = [i for i in items if not is_bad(i)], [i for i in items if is_bad(i)]
+    assert [i.path for i in good] == [f"{subject}/{task}/{f:04d}.jpg" for f in fits[(subject, task)].frame]
+    assert [i.path for i in bad] == [f"{subject}/{task}/{frame}.jpeg"]
+    assert f"kept {subject}/{task}/{frame:04d}.jpg" in bad[0].labels[ERROR_LABEL]
