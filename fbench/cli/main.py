@@ -61,7 +61,7 @@ def list_plugins() -> None:
         for name in reg.names():
             try:
                 plugin = reg.get(name)
-                stage = f" [{plugin.stage}]" if kind == "pipelines" else ""
+                stage = f" [{', '.join(plugin.stages)}]" if kind == "pipelines" else ""
                 click.echo(f"  {name:<14}{stage} {plugin.summary}")
             except PluginError as exc:
                 click.echo(f"  {name:<14} BROKEN: {exc}")
@@ -341,12 +341,12 @@ def demo(out: Path, flame: Path | None) -> None:
     pipelines = registry("pipelines")
     affectnet = write_synthetic_dataset("affectnet", out / "data" / "AffectNet", n=16, corrupt=1, flame=model)
     run = lambda command, *args: command.main([str(a) for a in args], standalone_mode=False)  # noqa: E731
-    run(pipelines.get("affectnet").command, "--root", affectnet.root, "--out", out / "shards",
+    run(pipelines.get("affectnet").command_for("prep"), "--root", affectnet.root, "--out", out / "shards",
         "--landmarks", "annotations")
     click.echo(f"[3/6] fbench prep affectnet: shards in {out / 'shards' / 'affectnet'} "
                f"(one file corrupted on purpose, logged in rejects.jsonl)")
     famos = write_synthetic_dataset("famos", out / "data" / "FaMoS", n=1, flame=model)
-    run(pipelines.get("famos").command, "--root", famos.root, "--out", out / "fits", "--stride", 10,
+    run(pipelines.get("famos").command_for("fit"), "--root", famos.root, "--out", out / "fits", "--stride", 10,
         "--export-templates", out / "templates", *(["--flame", flame] if flame else []))
     click.echo(f"[4/6] fbench fit-flame famos: fits in {out / 'fits'}, SMIRK templates in {out / 'templates'}")
 
@@ -393,10 +393,10 @@ def report(folder: Path, out: Path) -> None:
                + ", ".join(str(p) for p in paths.values()))
 
 
-main.add_command(PluginGroup("prep", registry_kind="pipelines", make=lambda p: p.command, stage="prep",
+main.add_command(PluginGroup("prep", registry_kind="pipelines", make=lambda p: p.command_for("prep"), stage="prep",
                              help="Turn a raw dataset into landmark-annotated WebDataset shards.\n\n"
                                   "\b\nExample:\n  fbench prep affectnet --out shards/"))
-main.add_command(PluginGroup("fit-flame", registry_kind="pipelines", make=lambda p: p.command, stage="fit",
+main.add_command(PluginGroup("fit-flame", registry_kind="pipelines", make=lambda p: p.command_for("fit"), stage="fit",
                              help="Fit FLAME to 3D scans or registrations.\n\n"
                                   "\b\nExample:\n  fbench fit-flame famos --stride 10"))
 main.add_command(PluginGroup("train", registry_kind="methods", make=train_command,
