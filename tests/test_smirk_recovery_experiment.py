@@ -83,3 +83,22 @@ def test_core_training_beats_the_initialisation_on_held_out_images(tmp_path):
         assert core["jaw_mean_deg"] < init["jaw_mean_deg"], (name, init, core)
     assert "| ffhq | core |" in result.stdout and (out / "recovery_table.md").is_file()
     assert (out / "runs" / "core" / "SMIRK.pt").is_file() and (out / "runs" / "pretrain" / "SMIRK.pt").is_file()
+
+
+def test_the_initial_checkpoint_is_the_encoder_the_pretraining_starts_from(tmp_path):
+    # fbench.train.train seeds with loop.seed, then builds the task (tiny generator, pretrain phase)
+    import torch
+
+    from fbench.train.loop import seed_everything
+    from methods.smirk.checkpoint import read_state_dict
+    from methods.smirk.plugin import SmirkConfig
+    from methods.smirk.task import SmirkTask
+
+    _script().write_initial_checkpoint(tmp_path / "init.pt", seed=5)
+    config = SmirkConfig.tiny()
+    config.train.phase = "pretrain"
+    seed_everything(5)
+    encoder = SmirkTask(config).encoder.state_dict()
+    saved = read_state_dict(tmp_path / "init.pt")
+    assert {k for k in saved if not k.startswith("smirk_encoder.")} == set()
+    assert all(torch.equal(saved[f"smirk_encoder.{k}"].float(), v.float()) for k, v in encoder.items())
