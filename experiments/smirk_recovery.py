@@ -17,8 +17,10 @@ The chain (issue #11, "Proof on the synthetic default"), every step an `fbench` 
 6. `fbench eval recovery --method smirk --checkpoint X --root <held-out>` for the
    initialisation, the pretraining and the core checkpoints on every held-out dataset;
 7. a table: expression-driven vertex-offset error (mm, mean and median over images) and jaw
-   rotation error (degrees), per stage and held-out dataset; also `OUT/recovery_table.md` and
-   `OUT/recovery.json`.
+   rotation error (degrees), per stage and held-out dataset, beside two references: the `mean`
+   method (the held-out set's own mean parameters for every image, a floor that knows the
+   test set's statistics) and the neutral face (no expression: the offsets' own size); also
+   `OUT/recovery_table.md` and `OUT/recovery.json`.
 
 Only configuration differs from the official recipe (printed and written to recovery.json):
 the tiny generator (8 features, 1 residual block), batch size, steps, one cosine epoch per
@@ -52,6 +54,7 @@ from pathlib import Path
 TRAIN_DATASETS = ("ffhq", "celeba", "lrs3", "mead")
 HELD_OUT = ("ffhq", "celeba")
 STAGES = ("init", "pretrain", "core")
+REFERENCES = {"mean": "(reference: mean method)"}  # scored beside the stages; its table label
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,12 @@ def run(out: Path, size: Size, seed: int, pretrain_lr: float, core_lr: float | N
                 fbench("eval", "recovery", "--method", "smirk", "--checkpoint", str(checkpoints[stage]),
                        "--root", str(out / "held_out" / name), "--out", str(res), log=log)
             results.setdefault(stage, {})[name] = json.loads((res / "metrics.json").read_text())
+    for name in HELD_OUT:  # the floor: the held-out set's own mean parameters for every image
+        res = out / "results" / "mean" / name
+        if not (res / "metrics.json").is_file():
+            fbench("eval", "recovery", "--method", "mean", "--root", str(out / "held_out" / name), "--out", str(res),
+                   log=log)
+        results.setdefault("mean", {})[name] = json.loads((res / "metrics.json").read_text())
     lap("eval_s", t0)
     timings["total_s"] = round(time.time() - started, 1)
     record = {"size": asdict(size), "seed": seed, "held_out_seed": seed + 1000, "pretrain_lr": pretrain_lr,
@@ -190,10 +199,16 @@ def format_table(results: dict[str, dict[str, dict]]) -> str:
     lines = ["| held-out set | stage | images | expression offsets mean (mm) | median (mm) | jaw mean (deg) "
              "| jaw median (deg) |", "|---|---|---|---|---|---|---|"]
     for name in next(iter(results.values())):
-        for stage in STAGES:
+        for stage in (*STAGES, *REFERENCES):
+            if stage not in results:
+                continue
             m = results[stage][name]
-            lines.append(f"| {name} | {stage} | {m['n_items']} | {m['offset_mean_mm']:.3f} | {m['offset_median_mm']:.3f} "
-                         f"| {m['jaw_mean_deg']:.2f} | {m['jaw_median_deg']:.2f} |")
+            lines.append(f"| {name} | {REFERENCES.get(stage, stage)} | {m['n_items']} | {m['offset_mean_mm']:.3f} "
+                         f"| {m['offset_median_mm']:.3f} | {m['jaw_mean_deg']:.2f} | {m['jaw_median_deg']:.2f} |")
+        first = results[STAGES[0]][name]
+        if "neutral_offset_mean_mm" in first:
+            lines.append(f"| {name} | (neutral face: no expression) | {first['n_items']} "
+                         f"| {first['neutral_offset_mean_mm']:.3f} | {first['neutral_offset_median_mm']:.3f} | | |")
     return "\n".join(lines)
 
 

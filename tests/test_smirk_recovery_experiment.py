@@ -35,12 +35,16 @@ def _metrics(offset: float, jaw: float) -> dict:
 def test_table_lists_every_stage_per_held_out_set():
     script = _script()
     results = {stage: {"ffhq": _metrics(i + 1.0, 10.0 * i), "celeba": _metrics(i + 5.0, 1.0)}
-               for i, stage in enumerate(script.STAGES)}
+               for i, stage in enumerate((*script.STAGES, "mean"))}
+    for name in ("ffhq", "celeba"):
+        results["init"][name].update(neutral_offset_mean_mm=4.0, neutral_offset_median_mm=3.5)
     lines = script.format_table(results).splitlines()
-    assert len(lines) == 2 + 6
+    assert len(lines) == 2 + 2 * 5
     assert lines[2] == "| ffhq | init | 3 | 1.000 | 0.500 | 0.00 | 0.00 |"
     assert lines[4] == "| ffhq | core | 3 | 3.000 | 1.500 | 20.00 | 10.00 |"
-    assert lines[7].startswith("| celeba | core | 3 | 7.000 |")
+    assert lines[5] == "| ffhq | (reference: mean method) | 3 | 4.000 | 2.000 | 30.00 | 15.00 |"
+    assert lines[6] == "| ffhq | (neutral face: no expression) | 3 | 4.000 | 3.500 | | |"
+    assert lines[9].startswith("| celeba | core | 3 | 7.000 |")
 
 
 def test_training_options_make_the_run_one_cosine_epoch():
