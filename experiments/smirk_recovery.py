@@ -111,6 +111,7 @@ def train_options(size: Size, steps: int, seed: int) -> list[str]:
 
 
 def train(out: Path, shards: Path, options: list[str], log: Path, init: Path | None = None) -> Path:
+    """A `fbench train smirk` run in `out` (resumed when stopped); returns its exported SMIRK.pt."""
     if (out / "SMIRK.pt").is_file():
         print(f"(done: {out})", flush=True)
     elif (out / "checkpoints" / "last.pt").is_file():
@@ -118,7 +119,7 @@ def train(out: Path, shards: Path, options: list[str], log: Path, init: Path | N
     else:
         fbench("train", "smirk", "--shards", str(shards), "--out", str(out), *options,
                *(["--init", str(init)] if init else []), log=log)
-    return out / "checkpoints" / "last.pt"
+    return out / "SMIRK.pt"  # the official layout `fbench eval --checkpoint` reads (last.pt is the loop's)
 
 
 def run(out: Path, size: Size, seed: int, pretrain_lr: float, core_lr: float | None) -> dict:
@@ -162,7 +163,8 @@ def run(out: Path, size: Size, seed: int, pretrain_lr: float, core_lr: float | N
     t0 = time.time()
     core = train_options(size, size.core_steps, seed) + ["-o", "train.phase=core"] \
         + (["-o", f"train.lr={core_lr}"] if core_lr is not None else [])
-    checkpoints["core"] = train(out / "runs" / "core", shards, core, log, init=checkpoints["pretrain"])
+    checkpoints["core"] = train(out / "runs" / "core", shards, core, log,
+                                init=out / "runs" / "pretrain" / "checkpoints" / "last.pt")
     lap("core_s", t0)
 
     t0 = time.time()
