@@ -69,7 +69,8 @@ def test_core_phase_trains_two_steps_and_exports(ffhq_shards, tmp_path, monkeypa
     templates = _write_templates(tmp_path / "templates")
     full = tmp_path / "full"
     common = ["train", "smirk", "--shards", str(ffhq_shards), *SMALL, "-o", f"train.templates={templates}"]
-    r = _cli(*common, "--out", str(full), "-o", "loop.max_steps=2")
+    # one step per epoch: the second step begins epoch 1, where the generator's Adam state is kept
+    r = _cli(*common, "--out", str(full), "-o", "loop.max_steps=2", "-o", "train.samples_per_epoch=2")
     assert r.exit_code == 0, r.output
     rows = _rows(full)
     assert [row["step"] for row in rows] == ["1", "2"]
@@ -86,6 +87,8 @@ def test_core_phase_trains_two_steps_and_exports(ffhq_shards, tmp_path, monkeypa
     enc, gen = ckpt["optimizers"]["encoder"]["param_groups"][0], ckpt["optimizers"]["generator"]["param_groups"][0]
     assert enc["lr"] == pytest.approx(2.5e-4) and gen["lr"] == pytest.approx(1e-3)
     assert tuple(gen["betas"]) == (0.5, 0.999)
+    # Adam steps: the first path steps both optimisers every step; the cycle the generator on step 0, the encoder on 1
+    assert _adam_steps(ckpt) == {"encoder": 3, "generator": 3}
     from methods.smirk.model import SmirkEncoder
 
     n_expression = len(list(SmirkEncoder().expression_encoder.parameters()))
@@ -99,6 +102,31 @@ def test_core_phase_trains_two_steps_and_exports(ffhq_shards, tmp_path, monkeypa
     assert all(torch.equal(v, trained[k]) for k, v in model.encoder.state_dict().items())
     params = model.reconstruct(torch.rand(1, 3, 224, 224))
     assert params.expression.shape == (1, 50)
+
+
+def _adam_steps(ckpt: dict) -> dict[str, int]:
+    """The step count of each optimiser's Adam state (the same for all of its parameters)."""
+    out = {}
+    for name, opt in ckpt["optimizers"].items():
+        steps = {int(state["step"]) for state in opt["state"].values()}
+        assert len(steps) == 1, (name, steps)
+        out[name] = steps.pop()
+    return out
+
+
+def test_official_optimizer_reset_restarts_the_generator_adam_each_epoch(ffhq_shards, tmp_path, monkeypatch,
+                                                                         one_torch_thread):
+    # train.py:47-48 + base_trainer.py:57-62: a new generator Adam each epoch, the encoder's kept (39-41).
+    # The same two one-step epochs as the core test above, which keeps both (3 and 3 Adam steps).
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    run = tmp_path / "reset"
+    r = _cli("train", "smirk", "--shards", str(ffhq_shards), *SMALL, "--out", str(run), "--official-optimizer-reset",
+             "-o", "loop.max_steps=2", "-o", "train.samples_per_epoch=2", "-o", "loop.keep_every=1")
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["official_optimizer_reset"] is True
+    assert _adam_steps(load_checkpoint(run / "checkpoints" / "step_0000001.pt")) == {"encoder": 1, "generator": 2}
+    # epoch 1 began with a fresh generator Adam: one first-path step (the cycle froze it on step 1)
+    assert _adam_steps(load_checkpoint(run / "checkpoints" / "last.pt")) == {"encoder": 3, "generator": 1}
 
 
 def _same_parameters(a: Path, b: Path) -> None:
@@ -379,3 +407,64 @@ def test_init_from_an_official_layout_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="encoder_only.pt"):
         SmirkTask(SmirkConfig(train=SmirkTrainConfig(init_from=str(bad)))).setup(
             RunContext(out=tmp_path, device=torch.device("cpu"), seed=0))
+
+
+def test_both_phases_chain_pretrain_into_core(ffhq_shards, tmp_path, monkeypatch, one_torch_thread):
+    # `--phase both`: RUN/pretrain then RUN/core from pretrain's last weights (one step each here)
+    import json
+
+    from methods.smirk.plugin import from_checkpoint
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    run = tmp_path / "both"
+    r = _cli("train", "smirk", "--shards", str(ffhq_shards), *SMALL[2:], "--skip-missing", "--phase", "both",
+             "-o", "loop.max_steps=1", "--out", str(run))
+    assert r.exit_code == 0, r.output
+    assert "modules ['smirk_generator'] keep their fresh weights" in r.output
+    assert json.loads((run / "stages.json").read_text())["done"] == ["pretrain", "core"]
+    assert from_checkpoint(run / "pretrain" / "SMIRK.pt").generator is None
+    assert from_checkpoint(run / "core" / "SMIRK.pt").generator is not None
+    record = yaml.safe_load((run / "core" / "config.yaml").read_text())
+    assert record["train"]["phase"] == "core" and record["train"]["skip_missing"] is True
+    assert record["run"]["init"] == str(run / "pretrain" / "checkpoints" / "last.pt")
+    # core does not optimise the shape and pose encoders (config_train.yaml:41-43): their parameters end as
+    # pretraining left them (BatchNorm statistics move), the expression encoder's moved on
+    pre = load_checkpoint(run / "pretrain" / "checkpoints" / "last.pt")["modules"]["smirk_encoder"]
+    core = load_checkpoint(run / "core" / "checkpoints" / "last.pt")["modules"]["smirk_encoder"]
+    frozen = [k for k in pre if k.startswith(("shape_encoder.", "pose_encoder."))
+              and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert frozen and all(torch.equal(pre[k], core[k]) for k in frozen)
+    assert not all(torch.equal(pre[k], core[k]) for k in pre if k.startswith("expression_encoder."))
+
+
+@pytest.mark.slow
+def test_a_both_phases_run_stopped_in_core_resumes_exactly(ffhq_shards, tmp_path, monkeypatch, one_torch_thread):
+    # (fast variants: the chaining test above; the staged toy in test_train_loop.py.) Stopped after
+    # core's first step (its checkpoint), resumed: pretrain skipped, core continued to an uninterrupted run's state.
+    from methods.smirk.task import SmirkTask
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    common = ["train", "smirk", "--shards", str(ffhq_shards), *SMALL[2:], "--skip-missing", "--phase", "both",
+              "-o", "loop.max_steps=2"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    r = _cli(*common, "--out", str(full))
+    assert r.exit_code == 0, r.output
+    real = SmirkTask.training_step
+
+    class Stop(RuntimeError):
+        pass
+
+    def stop_in_core(self, batch, step):
+        if self.phase == "core" and step == 1:
+            raise Stop
+        return real(self, batch, step)
+
+    monkeypatch.setattr(SmirkTask, "training_step", stop_in_core)
+    with pytest.raises(Stop):
+        _cli(*common, "--out", str(part))
+    monkeypatch.setattr(SmirkTask, "training_step", real)
+    r = _cli("train", "smirk", "--out", str(part), "--resume")
+    assert r.exit_code == 0, r.output
+    assert "stage pretrain (1/2): finished, skipped" in r.output and "at step 1 (epoch 0, batch 1)" in r.output
+    _same_parameters(full / "pretrain", part / "pretrain")
+    _same_parameters(full / "core", part / "core")
