@@ -468,3 +468,113 @@ def test_a_both_phases_run_stopped_in_core_resumes_exactly(ffhq_shards, tmp_path
     assert "stage pretrain (1/2): finished, skipped" in r.output and "at step 1 (epoch 0, batch 1)" in r.output
     _same_parameters(full / "pretrain", part / "pretrain")
     _same_parameters(full / "core", part / "core")
+
+
+# ------------------------------------------------------------------------------- data parallel
+
+
+def _parameters(state: dict) -> dict:
+    """A module state without BatchNorm statistics (kept per rank, as the loop documents)."""
+    return {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def _rank_stream_keys(shards: Path, tmp_path: Path, monkeypatch, rank: int, world: int, batches: int) -> list:
+    """The sample keys of the first training batches that rank `rank` of `world` reads (workers=0)."""
+    from fbench.train import RunContext
+    from methods.smirk.plugin import SmirkConfig, SmirkTrainConfig
+    from methods.smirk.task import SmirkTask
+
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    task = SmirkTask(SmirkConfig(generator=False, train=SmirkTrainConfig(
+        phase="pretrain", batch_size=2, workers=0, samples_per_epoch=4, skip_missing=True)))
+    task.setup(RunContext(out=tmp_path, device=torch.device("cpu"), seed=0, rank=rank, world_size=world,
+                          shards=shards))
+    keys = [list(batch["key"]) for _, batch in zip(range(batches), task.train_loader(0))]
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    return keys
+
+
+@pytest.mark.slow
+def test_torchrun_trains_smirk_on_two_gloo_processes(ffhq_shards, tmp_path, monkeypatch):
+    # (fast variants: the spawned two-rank toy in test_train_loop.py, and the gradient averaging of
+    # SMIRK's step below.) tests/rank_probe records what each worker trained on and ended with.
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out, probe = tmp_path / "run", tmp_path / "probe"
+    probe.mkdir()
+    env = dict(__import__("os").environ, PYTHONPATH=f"{root / 'tests' / 'rank_probe'}:{root}", OMP_NUM_THREADS="1",
+               FBENCH_RANK_PROBE=str(probe), TORCH_HOME=str(tmp_path / "torch"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "fbench", "train", "smirk", "--shards", str(ffhq_shards), "--out", str(out), *SMALL,
+           "-o", "loop.max_steps=2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    # rank 0 writes (and speaks); the run knows it had two processes
+    assert done.stderr.count("run: ") == 1 and done.stderr.count("perceptual loss DISABLED") == 1
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["__fbench__"]["world_size"] == 2 and len(ckpt["rng"]) == 2
+    assert yaml.safe_load((out / "config.yaml").read_text())["run"]["world_size"] == 2
+    assert [row["step"] for row in _rows(out)] == ["1", "2"] and (out / "SMIRK.pt").is_file()
+    # both ranks end with the same parameters, the ones rank 0 saved
+    ranks = [torch.load(probe / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for name, saved in ckpt["modules"].items():
+        a, b = _parameters(ranks[0]["modules"][name]), _parameters(ranks[1]["modules"][name])
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name}: the ranks' parameters differ"
+        assert all(torch.equal(a[k], saved[k]) for k in a)
+    assert not all(torch.equal(v, ranks[0]["modules"]["smirk_generator"][k])  # and they trained
+                   for k, v in _parameters(build_tiny_generator_state()).items())
+    # each rank read its own stream of the shards: the one a reader of that rank draws, not the other's
+    for r in (0, 1):
+        assert ranks[r]["keys"] == _rank_stream_keys(ffhq_shards, tmp_path / f"r{r}", monkeypatch, r, 2, 2)
+    assert ranks[0]["keys"] != ranks[1]["keys"]
+
+
+def build_tiny_generator_state() -> dict:
+    """The generator's initial weights in a run of seed 0 (the loop seeds before building the task)."""
+    from fbench.train import seed_everything
+    from methods.smirk.plugin import SmirkConfig
+    from methods.smirk.task import SmirkTask
+
+    seed_everything(0)
+    return SmirkTask(SmirkConfig(generator_init_features=8, generator_res_blocks=1)).generator.state_dict()
+
+
+def test_a_smirk_step_steps_every_optimiser_with_rank_averaged_gradients(ffhq_shards, tmp_path, monkeypatch,
+                                                                         one_torch_thread):
+    # In-process stand-in for the torchrun test: a fake second rank whose gradients are all 1. Every
+    # optimiser step of SMIRK's step (first path: both; cycle: the generator, clipped) must use
+    # gradients averaged over the ranks, and the generator's clipping must see the averaged ones
+    # (smirk_trainer.py:377-379 clips the gradient DDP averaged).
+    import torch.distributed as dist
+
+    from fbench.train import distributed as D
+
+    monkeypatch.setattr(D, "active", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_reduce", lambda t, op=None: t.add_(torch.ones_like(t)))
+    task, batch = _task_and_batch(ffhq_shards, tmp_path, monkeypatch)
+    hooks = [D.average_gradients_before_step(opt) for opt in task.opts.values()]
+    stepped: list[tuple[str, bool, float]] = []
+    for name, opt in task.opts.items():
+        original = opt.step
+
+        def step(*a, _name=name, _opt=opt, _orig=original, **k):
+            out = _orig(*a, **k)  # the pre-step hook averages inside
+            grads = [p for group in _opt.param_groups for p in group["params"] if p.grad is not None]
+            synced = all(D._SYNCED.get(id(p)) is not None and D._SYNCED[id(p)][0]() is p.grad
+                         and D._SYNCED[id(p)][1] == p.grad._version for p in grads)
+            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in grads])))
+            stepped.append((_name, synced and bool(grads), norm))
+            return out
+        opt.step = step
+    try:
+        task.training_step(batch, 0)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert [(n, ok) for n, ok, _ in stepped] == [("encoder", True), ("generator", True), ("generator", True)]
+    assert stepped[2][2] <= task.t.generator_clip + 1e-6  # clipped after averaging (all-ones would be far larger)

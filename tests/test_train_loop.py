@@ -231,7 +231,7 @@ def test_two_spawned_gloo_ranks_train_as_one_process_with_twice_the_batch(tmp_pa
     import torch.multiprocessing as mp
 
     config = train_support.ToyConfig(batch=4, noise=0.0, dropout=0.0)  # no clipping: the pre-step hook syncs
-    mp.spawn(train_support.ddp_worker, args=(2, _free_port(), str(tmp_path / "two"), config, 3), nprocs=2)
+    mp.spawn(train_support.ddp_worker, args=(2, _rendezvous(tmp_path), str(tmp_path / "two"), config, 3), nprocs=2)
     from dataclasses import replace
 
     train(lambda: train_support.ToyTask(replace(config, batch=8)),
@@ -245,12 +245,14 @@ def test_two_spawned_gloo_ranks_train_as_one_process_with_twice_the_batch(tmp_pa
     assert val[0].keys() == val[1].keys() == {"3"} and val[0]["3"] == pytest.approx(val[1]["3"], rel=1e-5)
 
 
-def _free_port() -> int:
-    import socket
+def _rendezvous(tmp_path: Path) -> str:
+    """A fresh file for a spawned process group to meet in (torch's file:// init; see ddp_worker)."""
+    import tempfile
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    fd, path = tempfile.mkstemp(prefix="rendezvous-", dir=tmp_path)
+    os.close(fd)
+    os.unlink(path)  # the store creates it; a stale file from an earlier group would confuse it
+    return path
 
 
 @pytest.mark.slow
@@ -259,10 +261,11 @@ def test_a_stopped_two_rank_run_resumes_to_the_parameters_of_an_uninterrupted_on
     import torch.multiprocessing as mp
 
     config = train_support.ToyConfig(batch=4)
-    mp.spawn(train_support.ddp_worker, args=(2, _free_port(), str(tmp_path / "full"), config, 7), nprocs=2)
-    mp.spawn(train_support.ddp_worker, args=(2, _free_port(), str(tmp_path / "part"), config, 4), nprocs=2)
+    mp.spawn(train_support.ddp_worker, args=(2, _rendezvous(tmp_path), str(tmp_path / "full"), config, 7), nprocs=2)
+    mp.spawn(train_support.ddp_worker, args=(2, _rendezvous(tmp_path), str(tmp_path / "part"), config, 4), nprocs=2)
     assert len(load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")["rng"]) == 2
-    mp.spawn(train_support.ddp_worker, args=(2, _free_port(), str(tmp_path / "part"), config, 7, True), nprocs=2)
+    mp.spawn(train_support.ddp_worker, args=(2, _rendezvous(tmp_path), str(tmp_path / "part"), config, 7, True),
+             nprocs=2)
     _same_run(tmp_path / "full", tmp_path / "part")
 
 
@@ -488,3 +491,31 @@ def test_an_epoch_start_hook_resets_adam_and_resumes_exactly(toy_cli, tmp_path, 
         r = toy_cli("stagedtoy", "--out", str(part), "--resume", "-o", "loop.max_steps=7")
         assert r.exit_code == 0 and "resuming" in r.output, r.output
         _same_run(full, part)
+
+
+def test_clipped_gradients_are_not_averaged_again_by_the_step_hook(monkeypatch):
+    # clip_gradients: average, clip, and the optimiser's pre-step hook leaves the clipped gradients
+    # (sync then clip_grad_norm_ alone would make the hook all-reduce them a second time).
+    import torch.distributed as dist
+
+    from fbench.train import clip_gradients
+    from fbench.train import distributed as D
+
+    calls = []
+
+    def fake_all_reduce(t, op=None):
+        calls.append(t.numel())
+        t.add_(torch.full_like(t, 3.0))  # the other rank's gradients are all 3
+
+    monkeypatch.setattr(D, "active", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = torch.optim.SGD([w], lr=1.0)
+    hook = D.average_gradients_before_step(opt)
+    w.sum().backward()  # grad 1, averaged with 3: 2, norm 4, clipped to norm 1: 0.5 each
+    norm = clip_gradients([w], 1.0)
+    opt.step()
+    hook.remove()
+    assert calls == [4] and float(norm) == pytest.approx(4.0)
+    assert torch.allclose(w.detach(), torch.full((4,), -0.5))

@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from fbench.plugins import MethodPlugin, TrainOption, TrainStages
-from fbench.train import RunContext, TaskBase, sync_gradients
+from fbench.train import RunContext, TaskBase, clip_gradients
 
 TRUE_W = torch.linspace(-1, 1, 24).reshape(3, 8)
 
@@ -41,7 +41,7 @@ class ToyConfig:
     lr: float = 0.05
     n_batches: int = 3  # batches per epoch (len of the loader)
     dropout: float = 0.2
-    clip: float = 0.0  # gradient clipping (after sync_gradients), 0: none
+    clip: float = 0.0  # gradient clipping (fbench.train.clip_gradients), 0: none
     noise: float = 0.01  # target noise from the global RNGs (0 for the data-parallel comparison)
     perceptual: bool = False  # load the VGG perceptual loss in setup (disabled and recorded without weights)
 
@@ -103,8 +103,7 @@ class ToyTask(_OneModel):
         self.opt.zero_grad()
         loss.backward()
         if self.config.clip:
-            sync_gradients(self.model.parameters())
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+            clip_gradients(self.model.parameters(), self.config.clip)
         self.opt.step()
         self.seen.append(step)
         if os.environ.get("TOY_STALL_AT") == str(step) and self.run.is_main:
@@ -222,16 +221,25 @@ def mount(methods: Mapping[str, MethodPlugin] | None = None) -> dict[str, Any]:
 
 
 
-def ddp_worker(rank: int, world: int, port: int, out: str, config: ToyConfig, steps: int,
+def ddp_worker(rank: int, world: int, rendezvous: str, out: str, config: ToyConfig, steps: int,
                resume: bool = False) -> None:
-    """One rank of a data-parallel toy run started by `torch.multiprocessing.spawn` (as torchrun would)."""
+    """One rank of a data-parallel toy run started by `torch.multiprocessing.spawn`, as torchrun
+    would start it, except that the process group meets in a file (`rendezvous`, one per run) rather
+    than on a TCP port: a port chosen free in the parent and bound by rank 0 seconds later (the
+    children's imports) could be taken meanwhile on a busy machine, and the loop joins a process
+    group that is already up."""
+    import torch.distributed as dist
+
     from fbench.train import LoopConfig, train
 
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    train(lambda: ToyTask(config), LoopConfig(max_steps=steps, progress=False, checkpoint_every=2, device="cpu",
-                                              log_every=1), Path(out), resume=resume)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        train(lambda: ToyTask(config), LoopConfig(max_steps=steps, progress=False, checkpoint_every=2, device="cpu",
+                                                  log_every=1), Path(out), resume=resume)
+    finally:
+        dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------ a toy task on real shards

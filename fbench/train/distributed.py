@@ -11,9 +11,12 @@ The price is no overlap of communication with the backward pass. Buffers (BatchN
 statistics) are broadcast once at the start and then kept per rank (DDP re-broadcasts rank 0's
 before every forward); checkpoints hold rank 0's.
 
-A task that reads gradients before stepping (gradient clipping) calls
-`sync_gradients(params)` first, so it clips the mean gradient as a DDP run would; the
-pre-hook then leaves those gradients alone.
+A task that reads gradients before stepping calls `sync_gradients(params)` first, so it sees
+the mean gradient as a DDP run would; the pre-hook then leaves those gradients alone unless they
+changed since (a gradient accumulated again is averaged again). Gradient clipping changes them
+in place: `clip_gradients(params, max_norm)` averages, clips and keeps the clipped gradients
+marked as averaged (a clip after `sync_gradients` alone would make the hook all-reduce them a
+second time: the same values on every rank, but a wasted exchange).
 """
 
 from __future__ import annotations
@@ -116,8 +119,25 @@ def sync_gradients(params: Iterable[Tensor]) -> None:
         return
     with torch.no_grad():
         _flat_allreduce_mean([p.grad for p in todo])
-    for p in todo:
-        _SYNCED[id(p)] = (weakref.ref(p.grad), p.grad._version)
+    _mark_synced(todo)
+
+
+def _mark_synced(params: Iterable[Tensor]) -> None:
+    for p in params:
+        if p.grad is not None:
+            _SYNCED[id(p)] = (weakref.ref(p.grad), p.grad._version)
+
+
+def clip_gradients(params: Iterable[Tensor], max_norm: float) -> Tensor:
+    """`torch.nn.utils.clip_grad_norm_` of the gradients averaged over the ranks (as under DDP);
+    the clipped gradients count as averaged, so the optimiser's pre-step hook leaves them. Returns
+    the total norm before clipping. Every rank must call it with the same parameters."""
+    params = [p for p in params if p.grad is not None]
+    sync_gradients(params)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if active():
+        _mark_synced(params)
+    return norm
 
 
 def average_gradients_before_step(optimizer: torch.optim.Optimizer) -> Any:

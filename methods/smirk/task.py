@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fbench.flame.params import FlameParams
-from fbench.train import RunContext, TaskBase, sync_gradients
+from fbench.train import RunContext, TaskBase, clip_gradients
 from methods.smirk.model import flame_params
 from methods.smirk.plugin import OFFICIAL_OPTIMIZE as OPT
 
@@ -210,17 +210,24 @@ class SmirkTask(TaskBase):
         if t.weight("mica_loss") > 0:
             notes["mica_loss"] = (f"MICA shape loss DISABLED (weight {t.weight('mica_loss')}, "
                                   "config_pretrain.yaml:45): fbench has no MICA model")
-            _say(notes["mica_loss"])
+            self._say(notes["mica_loss"])
         if self.generator is not None:
             self.probabilities = masking.face_probabilities(self.flame).to(run.device)
             if t.weight("perceptual_vgg_loss") > 0:
                 from fbench.losses import load_vgg_perceptual
 
-                self.vgg = load_vgg_perceptual(notes=notes)
+                self.vgg = load_vgg_perceptual(notes=notes, say=self._say)
                 if self.vgg is not None:
                     self.vgg = self.vgg.to(run.device).eval()
             if t.weight("cycle_loss") > 0:
                 self._setup_templates(notes)
+
+    def _say(self, message: str) -> None:
+        """A message at the start of the run, from rank 0 only (every rank records it in its notes)."""
+        if self.run.is_main:
+            import sys
+
+            print(message, file=sys.stderr)
 
     def _setup_templates(self, notes: dict[str, Any]) -> None:
         from fbench.assets import get_asset
@@ -234,7 +241,7 @@ class SmirkTask(TaskBase):
             notes["cycle_templates"] = (f"cycle template injection DISABLED: no FaMoS templates at {root} "
                                         "(`fbench fit-flame famos --export-templates DIR`, -o train.templates=DIR); "
                                         "its group gets random expression offsets")
-            _say(notes["cycle_templates"])
+            self._say(notes["cycle_templates"])
 
     def _load_initial(self, path: Path) -> None:
         """train.py:38-39 with load_encoder/load_fuse_generator True (config_train.yaml:2-3)."""
@@ -398,9 +405,8 @@ class SmirkTask(TaskBase):
                 loss2, terms2 = self.cycle_step(batch, enc, freeze_encoder, freeze_generator)
                 self._zero_grad()
                 loss2.backward()
-                if not freeze_generator:  # :377-379
-                    sync_gradients(self.generator.parameters())
-                    torch.nn.utils.clip_grad_norm_(self.generator.parameters(), self.t.generator_clip)
+                if not freeze_generator:  # :377-379, on the gradient averaged over the ranks
+                    clip_gradients(self.generator.parameters(), self.t.generator_clip)
                 if not freeze_encoder:
                     self.encoder_opt.step()
                 if not freeze_generator:
@@ -446,10 +452,3 @@ class _Epoch:
 
     def __iter__(self):
         return iter(self.loader)
-
-
-def _say(message: str) -> None:
-    import sys
-
-    print(message, file=sys.stderr)
-
