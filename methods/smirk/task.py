@@ -5,7 +5,8 @@ smirk_trainer.py:LINE), `src/base_trainer.py` (base_trainer.py:LINE), `train.py`
 `configs/config_pretrain.yaml` and `configs/config_train.yaml`. Own code; the weights and
 constants are the official ones (methods/smirk/plugin.py OFFICIAL_WEIGHTS, SmirkTrainConfig).
 
-Phases (`-o train.phase=pretrain|core`):
+Phases (`--phase pretrain|core`, config key `train.phase`; `--phase both` runs pretrain into
+RUN/pretrain, then core from its last weights into RUN/core, fbench/train/stages.py):
 - pretrain (config_pretrain.yaml): encoder only (no generator, :54), all three encoders
   optimised (:28-30), FAN-68 jawline and MediaPipe-105 landmark losses x 100, expression
   regularisation x 1e-2; MICA's shape loss (x 10, :45) is DISABLED (fbench has no MICA model)
