@@ -464,12 +464,14 @@ def test_one_stage_is_a_plain_run_and_method_options_set_their_keys(toy_cli, tmp
     run = tmp_path / "one"
     r = toy_cli("stagedtoy", "--step", "2", "--out", str(run), "-o", "loop.max_steps=1", "-o", "loop.progress=false",
                 "--gain", "2.5", "--note-file", "notes/a.txt", "-o", "reset_adam=true", "--no-reset-adam",
-                "-o", "gain=7")
+                "-o", "gain=7", "--mode", "b")
     assert r.exit_code == 0, r.output
     saved = yaml.safe_load((run / "config.yaml").read_text())
     # typed options win over -o; free text is read as YAML (a float), a path stays text
     assert saved["step"] == "2" and saved["gain"] == 2.5 and saved["note"] == "notes/a.txt"
-    assert saved["reset_adam"] is False
+    assert saved["reset_adam"] is False and saved["mode"] == "b"
+    r = toy_cli("stagedtoy", "--mode", "c")
+    assert r.exit_code == 2 and "'c' is not one of 'a', 'b'" in r.output
     assert (run / "checkpoints" / "last.pt").is_file() and not (run / "stages.json").exists()
     r = toy_cli("stagedtoy", "--help")
     assert "--step [1|2|both]" in r.output and "--reset-adam / --no-reset-adam" in r.output
@@ -519,3 +521,20 @@ def test_clipped_gradients_are_not_averaged_again_by_the_step_hook(monkeypatch):
     hook.remove()
     assert calls == [4] and float(norm) == pytest.approx(4.0)
     assert torch.allclose(w.detach(), torch.full((4,), -0.5))
+
+
+@pytest.mark.slow
+def test_a_run_of_all_stages_under_torchrun_shares_one_process_group(tmp_path):
+    # A process group destroyed after stage 1 and started again for stage 2 never met under torchrun
+    # (the run hung); the stages now share the one the first stage starts.
+    import json
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "train_support.py"), "train", "stagedtoy", "--step", "both", "--out", str(tmp_path / "run"),
+           "-o", "loop.max_steps=3", "-o", "loop.progress=false", "-o", "dropout=0", "-o", "noise=0"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "stages.json").read_text())["done"] == ["1", "2"]
+    for stage in ("1", "2"):
+        assert load_checkpoint(tmp_path / "run" / stage / "checkpoints" / "last.pt")["__fbench__"]["world_size"] == 2

@@ -141,6 +141,7 @@ class StagedToyConfig(ToyConfig):
     crash_at: int = -1  # raise StopTraining in stage 2's step of this index (a stop mid-stage)
     gain: float = 1.0  # a free-text TrainOption
     note: str = ""  # a path TrainOption
+    mode: str = "a"  # a TrainOption with choices
 
 
 class StopTraining(RuntimeError):
@@ -200,7 +201,8 @@ STAGED_TOY = MethodPlugin(
     from_checkpoint=_unavailable, task=StagedToyTask,
     train_options=(TrainOption("--reset-adam", "reset_adam", "Clear Adam's state every epoch.", is_flag=True),
                    TrainOption("--gain", "gain", "A number (free text, read as YAML)."),
-                   TrainOption("--note-file", "note", "A path.", path=True)),
+                   TrainOption("--note-file", "note", "A path.", path=True),
+                   TrainOption("--mode", "mode", "A choice.", choices=("a", "b"))),
     train_stages=TrainStages("--step", "step", ("1", "2")))
 UNTRAINABLE = MethodPlugin(name="frozen", summary="a method without a training task (tests)", config=ToyConfig,
                            build=_unavailable, from_checkpoint=_unavailable, task=None)

@@ -173,8 +173,8 @@ def train_command(method: MethodPlugin) -> click.Command:
     def command(ctx: click.Context, shards: Path, out: Path | None, resume: bool, init: Path | None,
                 device: str | None, flame: Path | None, config_path: Path | None, overrides: tuple[str, ...],
                 train_stage: str | None = None, **options: Any) -> None:
-        from fbench.train.distributed import env_world
-        from fbench.train.stages import mark_stage_done, plan_stages, staged_record
+        from fbench.train.distributed import env_world, process_group_up, shutdown
+        from fbench.train.stages import plan_stages, staged_record
 
         if method.task is None:
             raise click.ClickException(f"{name}: this method plugin has no training task; it can be "
@@ -224,26 +224,40 @@ def train_command(method: MethodPlugin) -> click.Command:
             single(typed)
             return
         plans = plan_stages(out, stages.names, resume, init, write=main_rank)  # every rank, rank 0 writes
-        for plan in plans:
-            label = f"stage {plan.name} ({plan.index + 1}/{len(plans)})"
-            if plan.done:
-                say(f"{label}: finished, skipped ({plan.out})")
-                continue
-            say(f"{label}: " + ("resuming" if plan.resume else
-                                f"from {plan.init}" if plan.init is not None else "from scratch") + f" in {plan.out}")
-            run(plan.out, resume=plan.resume, init=plan.init, overrides=overrides,
-                typed={**typed, stages.key: plan.name}, config_path=own_config(plan.resume_config()), recorded=resume,
-                stage={"stage": plan.name, "stages": list(stages.names)})
-            if main_rank:
-                mark_stage_done(out, plan.name)
+        group_before = process_group_up()
+        try:  # under torchrun the stages share one process group (started by the first stage)
+            _run_stages(plans, run, stages, say, main_rank, out, resume, overrides, typed, own_config)
+        finally:
+            if not group_before:
+                shutdown()
         say(f"{name}: stages {', '.join(stages.names)} done in {out}")
 
     return command
 
 
+def _run_stages(plans: list[Any], run: Callable[..., None], stages: Any, say: Callable[[str], None], main_rank: bool,
+                out: Path, resume: bool, overrides: tuple[str, ...], typed: dict[str, Any],
+                own_config: Callable[[Path | None], Path | None]) -> None:
+    from fbench.train.stages import mark_stage_done
+
+    for plan in plans:
+        label = f"stage {plan.name} ({plan.index + 1}/{len(plans)})"
+        if plan.done:
+            say(f"{label}: finished, skipped ({plan.out})")
+            continue
+        say(f"{label}: " + ("resuming" if plan.resume else
+                            f"from {plan.init}" if plan.init is not None else "from scratch") + f" in {plan.out}")
+        run(plan.out, resume=plan.resume, init=plan.init, overrides=overrides,
+            typed={**typed, stages.key: plan.name}, config_path=own_config(plan.resume_config()), recorded=resume,
+            stage={"stage": plan.name, "stages": list(stages.names)}, keep_process_group=True)
+        if main_rank:
+            mark_stage_done(out, plan.name)
+
+
 def _train_run(method: MethodPlugin, out: Path, *, resume: bool, init: Path | None, overrides: tuple[str, ...],
                typed: dict[str, Any], config_path: Path | None, recorded: bool, say: Callable[[str], None],
-               shards: Path, shards_typed: bool, flame: Path | None, stage: dict[str, Any] | None = None) -> None:
+               shards: Path, shards_typed: bool, flame: Path | None, stage: dict[str, Any] | None = None,
+               keep_process_group: bool = False) -> None:
     """One training run into `out` (a single run, or one stage of a staged run). `recorded`: take
     the shards and FLAME recorded in the config's `run` section unless typed (a resumed run's)."""
     from fbench.config import save_config
@@ -268,7 +282,7 @@ def _train_run(method: MethodPlugin, out: Path, *, resume: bool, init: Path | No
         save_config(dataclasses.replace(config, run=facts), out / "config.yaml")
 
     result = train(lambda: method.task(config), config.loop, out, shards=shards, flame=flame, resume=resume,
-                   init=init, save_config=write_config, echo=say)
+                   init=init, save_config=write_config, echo=say, keep_process_group=keep_process_group)
     say(f"{name}: {result.step} steps; checkpoint {result.last_checkpoint}; metrics {out / 'metrics.csv'}"
         + "".join(f"; exported {p}" for p in result.exported))
 

@@ -68,6 +68,16 @@ def close_distributed(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
+def process_group_up() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def shutdown() -> None:
+    """Close the process group, if one is up (after runs that kept it open)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -283,7 +283,8 @@ def _batches(loader: Iterable[Any], limit: int) -> Iterator[Any]:
 def train(make_task: Callable[[], Any], loop: LoopConfig, out: str | Path, *, shards: Path | None = None,
           flame: Path | None = None, resume: bool = False, init: Path | None = None,
           save_config: Callable[[RunContext], None] | None = None,
-          echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> TrainResult:
+          echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+          keep_process_group: bool = False) -> TrainResult:
     """Train the task `make_task()` builds (called after seeding, so its initial weights
     are a function of `loop.seed`) and return where the run ended.
 
@@ -291,7 +292,10 @@ def train(make_task: Callable[[], Any], loop: LoopConfig, out: str | Path, *, sh
     another run's checkpoint (fresh optimisers, step 0; modules matched by name, those on one
     side only are said and skipped). `save_config(run)` writes the
     resolved config (rank 0, before the first step). Under torchrun every rank runs this;
-    rank 0 writes the files."""
+    rank 0 writes the files. The process group it starts is closed at the end unless
+    `keep_process_group` (runs that follow in the same processes, e.g. the stages of a staged
+    run, join it: a group started again under torchrun does not meet; close it with
+    `fbench.train.distributed.shutdown`)."""
     out = Path(out)
     _, _, local_rank = D.env_world()
     device = resolve_device(loop.device, local_rank)
@@ -299,7 +303,8 @@ def train(make_task: Callable[[], Any], loop: LoopConfig, out: str | Path, *, sh
     try:
         return _train(make_task, loop, out, device, info, shards, flame, resume, init, save_config, echo)
     finally:
-        D.close_distributed(info)
+        if not keep_process_group:
+            D.close_distributed(info)
 
 
 def _train(make_task: Callable[[], Any], loop: LoopConfig, out: Path, device: torch.device, info: D.DistInfo,
