@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -538,3 +539,26 @@ def test_a_run_of_all_stages_under_torchrun_shares_one_process_group(tmp_path):
     assert json.loads((tmp_path / "run" / "stages.json").read_text())["done"] == ["1", "2"]
     for stage in ("1", "2"):
         assert load_checkpoint(tmp_path / "run" / stage / "checkpoints" / "last.pt")["__fbench__"]["world_size"] == 2
+
+
+@dataclasses.dataclass
+class _Inner:
+    step: int = 1
+
+
+@dataclasses.dataclass
+class _Outer:
+    name: str = "1"
+    rate: float = 0.5
+    train: _Inner = dataclasses.field(default_factory=_Inner)
+    maybe: int | None = None
+
+
+def test_typed_text_takes_the_type_of_its_config_field():
+    # stage names and choices are text on the command line; a config may want them as numbers
+    from fbench.config import typed_value
+
+    Outer = _Outer
+    assert typed_value(Outer, "name", "1") == "1" and typed_value(Outer, "train.step", "2") == 2
+    assert typed_value(Outer, "rate", "2.5") == 2.5 and typed_value(Outer, "maybe", "3") == 3
+    assert typed_value(Outer, "nothing.here", "x") == "x" and typed_value(Outer, "train.step", "two") == "two"

@@ -184,14 +184,15 @@ def train_command(method: MethodPlugin) -> click.Command:
         main_rank = env_world()[0] == 0
         say = (lambda s: click.echo(s, err=True)) if main_rank else (lambda s: None)
         out = out if out is not None else Path("runs") / name
-        import yaml
+        from fbench.config import typed_value
 
+        config_class = train_config_class(method.config)
         typed = {}
         for option, (dest, key, _) in zip(method.train_options, extra_options):
             for key, value in explicit_options(ctx, {dest: key}).items():
-                # a path as text; free text parsed as YAML, as `-o key=value` is
-                typed[key] = str(value) if option.path else value if option.is_flag or option.choices \
-                    else yaml.safe_load(value)
+                # a flag as true/false, a path as text; text (a choice) as the config field's type wants it
+                typed[key] = value if option.is_flag else str(value) if option.path \
+                    else typed_value(config_class, key, value)
         shards_typed = ctx.get_parameter_source("shards") != click.core.ParameterSource.DEFAULT
         if device is not None:
             typed["loop.device"] = device
@@ -216,7 +217,7 @@ def train_command(method: MethodPlugin) -> click.Command:
             chosen = stages.all  # `--resume` of a run of all stages
         if chosen != stages.all:
             if chosen is not None:
-                typed[stages.key] = chosen
+                typed[stages.key] = typed_value(config_class, stages.key, chosen)
                 if resume and staged_record(out) is not None:
                     raise click.UsageError(f"{out} holds a run of all stages ({out / 'stages.json'}): resume it with "
                                            f"{stages.flag} {stages.all} (or none), or one stage with --out "
@@ -226,7 +227,7 @@ def train_command(method: MethodPlugin) -> click.Command:
         plans = plan_stages(out, stages.names, resume, init, write=main_rank)  # every rank, rank 0 writes
         group_before = process_group_up()
         try:  # under torchrun the stages share one process group (started by the first stage)
-            _run_stages(plans, run, stages, say, main_rank, out, resume, overrides, typed, own_config)
+            _run_stages(plans, run, stages, say, main_rank, out, resume, overrides, typed, own_config, config_class)
         finally:
             if not group_before:
                 shutdown()
@@ -237,7 +238,8 @@ def train_command(method: MethodPlugin) -> click.Command:
 
 def _run_stages(plans: list[Any], run: Callable[..., None], stages: Any, say: Callable[[str], None], main_rank: bool,
                 out: Path, resume: bool, overrides: tuple[str, ...], typed: dict[str, Any],
-                own_config: Callable[[Path | None], Path | None]) -> None:
+                own_config: Callable[[Path | None], Path | None], config_class: type) -> None:
+    from fbench.config import typed_value
     from fbench.train.stages import mark_stage_done
 
     for plan in plans:
@@ -248,7 +250,7 @@ def _run_stages(plans: list[Any], run: Callable[..., None], stages: Any, say: Ca
         say(f"{label}: " + ("resuming" if plan.resume else
                             f"from {plan.init}" if plan.init is not None else "from scratch") + f" in {plan.out}")
         run(plan.out, resume=plan.resume, init=plan.init, overrides=overrides,
-            typed={**typed, stages.key: plan.name}, config_path=own_config(plan.resume_config()), recorded=resume,
+            typed={**typed, stages.key: typed_value(config_class, stages.key, plan.name)}, config_path=own_config(plan.resume_config()), recorded=resume,
             stage={"stage": plan.name, "stages": list(stages.names)}, keep_process_group=True)
         if main_rank:
             mark_stage_done(out, plan.name)
