@@ -476,6 +476,15 @@ def test_one_stage_is_a_plain_run_and_method_options_set_their_keys(toy_cli, tmp
     assert (run / "checkpoints" / "last.pt").is_file() and not (run / "stages.json").exists()
     r = toy_cli("stagedtoy", "--help")
     assert "--step [1|2|both]" in r.output and "--reset-adam / --no-reset-adam" in r.output
+    # a method option may not take a flag of `fbench train` itself, nor one of its own twice
+    import click
+
+    from fbench.cli.plugins import train_command
+    from fbench.plugins import TrainOption
+
+    for options in ((TrainOption("--out", "note", "x"),), (TrainOption("--step", "note", "x"),)):
+        with pytest.raises(click.ClickException, match="clash"):
+            train_command(dataclasses.replace(train_support.STAGED_TOY, train_options=options))
 
 
 @pytest.mark.parametrize("stop", [4, 3], ids=["mid-epoch", "epoch-end"])

@@ -91,8 +91,16 @@ def train_config_class(method_config: type) -> type:
     return cls
 
 
+_TRAIN_FLAGS = ("--shards", "--out", "--resume", "--init", "--device", "--flame", "--config", "--set", "--help")
+
+
 def _train_option_decorators(method: MethodPlugin) -> list[tuple[str, str, Callable]]:
     """(click parameter name, config key, decorator) for the method's TrainOptions."""
+    flags = [o.flag for o in method.train_options] + ([method.train_stages.flag] if method.train_stages else [])
+    taken = sorted({f for f in flags if f in _TRAIN_FLAGS or flags.count(f) > 1})
+    if taken:
+        raise click.ClickException(f"method plugin {method.name!r}: train options {taken} clash with `fbench train`'s "
+                                   "own options or with each other")
     out = []
     for i, opt in enumerate(method.train_options):
         dest = f"train_option_{i}"

@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fbench.flame.params import FlameParams
-from fbench.train import RunContext, TaskBase, clip_gradients
+from fbench.train import RunContext, TaskBase, clip_gradients, reset_optimizer_state
 from methods.smirk.model import flame_params
 from methods.smirk.plugin import OFFICIAL_OPTIMIZE as OPT
 
@@ -276,8 +276,6 @@ class SmirkTask(TaskBase):
 
     def on_epoch_start(self, epoch: int) -> None:
         """`--official-optimizer-reset`: the generator's Adam starts every epoch afresh (base_trainer.py:57-62)."""
-        from fbench.train import reset_optimizer_state
-
         if self.t.official_optimizer_reset and self.generator is not None:
             reset_optimizer_state(self.generator_opt)
 
