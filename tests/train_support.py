@@ -12,6 +12,7 @@ after writing `stalled` into the run folder: the kill test's moment to SIGKILL.
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import sys
@@ -236,6 +237,7 @@ def ddp_worker(rank: int, world: int, rendezvous: str, out: str, config: ToyConf
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    importlib.import_module("torch._dynamo")  # before the group, as fbench.train.distributed.init_distributed does
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         train(lambda: ToyTask(config), LoopConfig(max_steps=steps, progress=False, checkpoint_every=2, device="cpu",
@@ -316,4 +318,15 @@ if __name__ == "__main__":
     registry_module._REGISTRIES["methods"] = mount()
     from fbench.cli import main
 
-    main(sys.argv[1:], prog_name="fbench")
+    try:
+        main(sys.argv[1:], prog_name="fbench")
+    finally:  # TOY_THREADS_AT_EXIT=DIR: the threads this process still runs, in DIR/threads_rank<RANK>.txt
+        if os.environ.get("TOY_THREADS_AT_EXIT"):
+            names = []
+            for task in sorted(os.listdir("/proc/self/task")):
+                try:
+                    names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
+                except OSError:  # a thread that ended meanwhile
+                    pass
+            Path(os.environ["TOY_THREADS_AT_EXIT"], f"threads_rank{os.environ.get('RANK', '0')}.txt").write_text(
+                "\n".join(names))

@@ -57,6 +57,13 @@ def init_distributed(device: torch.device) -> DistInfo:
     rank, world, local = env_world()
     if world <= 1:
         return DistInfo(0, 1, 0)
+    # torch._dynamo (imported on first use by torch.optim, i.e. by the task's optimisers) keeps ten
+    # references to a process group that is up when it is imported: the group then outlives
+    # destroy_process_group, its gloo threads running until interpreter exit, where its destruction
+    # sometimes aborts a finished worker ("terminate called without an active exception", exit
+    # -6; 1 of 24 two-process toy runs). Imported before the group exists, it holds none.
+    import torch._dynamo  # noqa: F401
+
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
                             device_id=device if device.type == "cuda" else None)
