@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import trimesh
 from click.testing import CliRunner
 
