@@ -187,3 +187,31 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
     return apply_overrides(config, overrides)
+
+
+def typed_value(cls: type, key: str, text: str) -> Any:
+    """Text typed for config key `key` (dotted) of dataclass `cls`, as the field's type wants it:
+    kept as text where the field takes text (a stage named "1" of a `str` field), else read as
+    YAML as `-o key=value` is (the same "1" for an `int` field). An unknown key or a value the
+    field refuses either way comes back as text, for `load_config` to report."""
+    annotation: Any = cls
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(annotation):
+            return text
+        hints = _field_types(annotation)
+        if part not in hints:
+            return text
+        annotation = hints[part]
+    for value in (text, _yaml_or_text(text)):
+        try:
+            return _coerce(value, annotation, key)
+        except ConfigError:
+            continue
+    return text
+
+
+def _yaml_or_text(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import trimesh
 from click.testing import CliRunner
 
@@ -114,6 +112,21 @@ def test_demo_runs_end_to_end(tmp_path, flame_dir):
     samples = sum(split["samples"] for split in manifest["counts"].values())
     assert samples + len(rejects) == 16, manifest["counts"]
     assert (out / "fits" / "fits.h5").is_file() and list((out / "templates").rglob("*.npy"))
+    # a short SMIRK core training on the FFHQ shards, with the templates exported above
+    import yaml
+
+    from fbench.io import load_checkpoint
+
+    run = out / "runs" / "smirk"
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["position"]["step"] == 2
+    assert (run / "images" / "step_0000002.png").is_file()
+    record = yaml.safe_load((run / "config.yaml").read_text())
+    assert record["train"]["phase"] == "core" and "FaMoS expression templates from" in record["run"]["cycle_templates"]
+    # its checkpoint reconstructed the AffectNet images (four, the corrupted one left out) and was scored
+    assert len(list((out / "reconstructions").rglob("params.npz"))) == 4
+    assert "[7/8] fbench reconstruct --method smirk: 4 AffectNet images" in result.output
+    assert yaml.safe_load((out / "results" / "multiface" / "smirk" / "config.yaml").read_text())["checkpoint"] \
+        == str(run / "SMIRK.pt")
     check_demo_contents(out, flame_dir)
 
 

@@ -116,3 +116,32 @@ def test_method_reconstructs_and_round_trips_its_checkpoint(name, tmp_path, flam
         reloaded = again.reconstruct(images)
     for key, value in params.as_dict().items():
         assert torch.equal(value, getattr(reloaded, key)), key
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_method_train_options_and_stages_set_keys_of_its_config(name):
+    # `fbench train <method>` builds (no option clashes) and every TrainOption / TrainStages key
+    # is a key of the method's training config, its stage names values of it.
+    from click.testing import CliRunner
+
+    from fbench.cli.plugins import train_command, train_config_class
+    from fbench.cli.options import load_command_config
+    from fbench.config import typed_value
+
+    plugin = registry("methods").get(name)
+    if plugin.task is None:
+        pytest.skip(f"{name} is not trained by fbench")
+    command = train_command(plugin)
+    text = CliRunner().invoke(command, ["--help"]).output
+    cls = train_config_class(plugin.config)
+    for option in plugin.train_options:
+        assert option.flag in text
+        value = True if option.is_flag else "x" if option.path else (option.choices or (None,))[0]
+        if value is not None:
+            load_command_config(cls, None, (), {option.key: typed_value(cls, option.key, value) if isinstance(
+                value, str) else value})
+    if plugin.train_stages is not None:
+        stages = plugin.train_stages
+        assert stages.flag in text
+        for stage in stages.names:
+            load_command_config(cls, None, (), {stages.key: typed_value(cls, stages.key, stage)})

@@ -69,7 +69,8 @@ def test_core_phase_trains_two_steps_and_exports(ffhq_shards, tmp_path, monkeypa
     templates = _write_templates(tmp_path / "templates")
     full = tmp_path / "full"
     common = ["train", "smirk", "--shards", str(ffhq_shards), *SMALL, "-o", f"train.templates={templates}"]
-    r = _cli(*common, "--out", str(full), "-o", "loop.max_steps=2")
+    # one step per epoch: the second step begins epoch 1, where the generator's Adam state is kept
+    r = _cli(*common, "--out", str(full), "-o", "loop.max_steps=2", "-o", "train.samples_per_epoch=2")
     assert r.exit_code == 0, r.output
     rows = _rows(full)
     assert [row["step"] for row in rows] == ["1", "2"]
@@ -86,6 +87,8 @@ def test_core_phase_trains_two_steps_and_exports(ffhq_shards, tmp_path, monkeypa
     enc, gen = ckpt["optimizers"]["encoder"]["param_groups"][0], ckpt["optimizers"]["generator"]["param_groups"][0]
     assert enc["lr"] == pytest.approx(2.5e-4) and gen["lr"] == pytest.approx(1e-3)
     assert tuple(gen["betas"]) == (0.5, 0.999)
+    # Adam steps: the first path steps both optimisers every step; the cycle the generator on step 0, the encoder on 1
+    assert _adam_steps(ckpt) == {"encoder": 3, "generator": 3}
     from methods.smirk.model import SmirkEncoder
 
     n_expression = len(list(SmirkEncoder().expression_encoder.parameters()))
@@ -99,6 +102,31 @@ def test_core_phase_trains_two_steps_and_exports(ffhq_shards, tmp_path, monkeypa
     assert all(torch.equal(v, trained[k]) for k, v in model.encoder.state_dict().items())
     params = model.reconstruct(torch.rand(1, 3, 224, 224))
     assert params.expression.shape == (1, 50)
+
+
+def _adam_steps(ckpt: dict) -> dict[str, int]:
+    """The step count of each optimiser's Adam state (the same for all of its parameters)."""
+    out = {}
+    for name, opt in ckpt["optimizers"].items():
+        steps = {int(state["step"]) for state in opt["state"].values()}
+        assert len(steps) == 1, (name, steps)
+        out[name] = steps.pop()
+    return out
+
+
+def test_official_optimizer_reset_restarts_the_generator_adam_each_epoch(ffhq_shards, tmp_path, monkeypatch,
+                                                                         one_torch_thread):
+    # train.py:47-48 + base_trainer.py:57-62: a new generator Adam each epoch, the encoder's kept (39-41).
+    # The same two one-step epochs as the core test above, which keeps both (3 and 3 Adam steps).
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    run = tmp_path / "reset"
+    r = _cli("train", "smirk", "--shards", str(ffhq_shards), *SMALL, "--out", str(run), "--official-optimizer-reset",
+             "-o", "loop.max_steps=2", "-o", "train.samples_per_epoch=2", "-o", "loop.keep_every=1")
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["official_optimizer_reset"] is True
+    assert _adam_steps(load_checkpoint(run / "checkpoints" / "step_0000001.pt")) == {"encoder": 1, "generator": 2}
+    # epoch 1 began with a fresh generator Adam: one first-path step (the cycle froze it on step 1)
+    assert _adam_steps(load_checkpoint(run / "checkpoints" / "last.pt")) == {"encoder": 3, "generator": 1}
 
 
 def _same_parameters(a: Path, b: Path) -> None:
@@ -379,3 +407,174 @@ def test_init_from_an_official_layout_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="encoder_only.pt"):
         SmirkTask(SmirkConfig(train=SmirkTrainConfig(init_from=str(bad)))).setup(
             RunContext(out=tmp_path, device=torch.device("cpu"), seed=0))
+
+
+def test_both_phases_chain_pretrain_into_core(ffhq_shards, tmp_path, monkeypatch, one_torch_thread):
+    # `--phase both`: RUN/pretrain then RUN/core from pretrain's last weights (one step each here)
+    import json
+
+    from methods.smirk.plugin import from_checkpoint
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    run = tmp_path / "both"
+    r = _cli("train", "smirk", "--shards", str(ffhq_shards), *SMALL[2:], "--skip-missing", "--phase", "both",
+             "-o", "loop.max_steps=1", "--out", str(run))
+    assert r.exit_code == 0, r.output
+    assert "modules ['smirk_generator'] keep their fresh weights" in r.output
+    assert json.loads((run / "stages.json").read_text())["done"] == ["pretrain", "core"]
+    assert from_checkpoint(run / "pretrain" / "SMIRK.pt").generator is None
+    assert from_checkpoint(run / "core" / "SMIRK.pt").generator is not None
+    record = yaml.safe_load((run / "core" / "config.yaml").read_text())
+    assert record["train"]["phase"] == "core" and record["train"]["skip_missing"] is True
+    assert record["run"]["init"] == str(run / "pretrain" / "checkpoints" / "last.pt")
+    # core does not optimise the shape and pose encoders (config_train.yaml:41-43): their parameters end as
+    # pretraining left them (BatchNorm statistics move), the expression encoder's moved on
+    pre = load_checkpoint(run / "pretrain" / "checkpoints" / "last.pt")["modules"]["smirk_encoder"]
+    core = load_checkpoint(run / "core" / "checkpoints" / "last.pt")["modules"]["smirk_encoder"]
+    frozen = [k for k in pre if k.startswith(("shape_encoder.", "pose_encoder."))
+              and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert frozen and all(torch.equal(pre[k], core[k]) for k in frozen)
+    assert not all(torch.equal(pre[k], core[k]) for k in pre if k.startswith("expression_encoder."))
+
+
+@pytest.mark.slow
+def test_a_both_phases_run_stopped_in_core_resumes_exactly(ffhq_shards, tmp_path, monkeypatch, one_torch_thread):
+    # (fast variants: the chaining test above; the staged toy in test_train_loop.py.) Stopped after
+    # core's first step (its checkpoint), resumed: pretrain skipped, core continued to an uninterrupted run's state.
+    from methods.smirk.task import SmirkTask
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    common = ["train", "smirk", "--shards", str(ffhq_shards), *SMALL[2:], "--skip-missing", "--phase", "both",
+              "-o", "loop.max_steps=2"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    r = _cli(*common, "--out", str(full))
+    assert r.exit_code == 0, r.output
+    real = SmirkTask.training_step
+
+    class Stop(RuntimeError):
+        pass
+
+    def stop_in_core(self, batch, step):
+        if self.phase == "core" and step == 1:
+            raise Stop
+        return real(self, batch, step)
+
+    monkeypatch.setattr(SmirkTask, "training_step", stop_in_core)
+    with pytest.raises(Stop):
+        _cli(*common, "--out", str(part))
+    monkeypatch.setattr(SmirkTask, "training_step", real)
+    r = _cli("train", "smirk", "--out", str(part), "--resume")
+    assert r.exit_code == 0, r.output
+    assert "stage pretrain (1/2): finished, skipped" in r.output and "at step 1 (epoch 0, batch 1)" in r.output
+    _same_parameters(full / "pretrain", part / "pretrain")
+    _same_parameters(full / "core", part / "core")
+
+
+# ------------------------------------------------------------------------------- data parallel
+
+
+def _parameters(state: dict) -> dict:
+    """A module state without BatchNorm statistics (kept per rank, as the loop documents)."""
+    return {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def _rank_stream_keys(shards: Path, tmp_path: Path, monkeypatch, rank: int, world: int, batches: int) -> list:
+    """The sample keys of the first training batches that rank `rank` of `world` reads (workers=0)."""
+    from fbench.train import RunContext
+    from methods.smirk.plugin import SmirkConfig, SmirkTrainConfig
+    from methods.smirk.task import SmirkTask
+
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    task = SmirkTask(SmirkConfig(generator=False, train=SmirkTrainConfig(
+        phase="pretrain", batch_size=2, workers=0, samples_per_epoch=4, skip_missing=True)))
+    task.setup(RunContext(out=tmp_path, device=torch.device("cpu"), seed=0, rank=rank, world_size=world,
+                          shards=shards))
+    keys = [list(batch["key"]) for _, batch in zip(range(batches), task.train_loader(0))]
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    return keys
+
+
+@pytest.mark.slow
+def test_torchrun_trains_smirk_on_two_gloo_processes(ffhq_shards, tmp_path, monkeypatch):
+    # (fast variants: the spawned two-rank toy in test_train_loop.py, and the gradient averaging of
+    # SMIRK's step below.) tests/rank_probe records what each worker trained on and ended with.
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out, probe = tmp_path / "run", tmp_path / "probe"
+    probe.mkdir()
+    env = dict(__import__("os").environ, PYTHONPATH=f"{root / 'tests' / 'rank_probe'}:{root}", OMP_NUM_THREADS="1",
+               FBENCH_RANK_PROBE=str(probe), TORCH_HOME=str(tmp_path / "torch"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "fbench", "train", "smirk", "--shards", str(ffhq_shards), "--out", str(out), *SMALL,
+           "-o", "loop.max_steps=2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    # rank 0 writes (and speaks); the run knows it had two processes
+    assert done.stderr.count("run: ") == 1 and done.stderr.count("perceptual loss DISABLED") == 1
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["__fbench__"]["world_size"] == 2 and len(ckpt["rng"]) == 2
+    assert yaml.safe_load((out / "config.yaml").read_text())["run"]["world_size"] == 2
+    assert [row["step"] for row in _rows(out)] == ["1", "2"] and (out / "SMIRK.pt").is_file()
+    # both ranks end with the same parameters, the ones rank 0 saved
+    ranks = [torch.load(probe / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for name, saved in ckpt["modules"].items():
+        a, b = _parameters(ranks[0]["modules"][name]), _parameters(ranks[1]["modules"][name])
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name}: the ranks' parameters differ"
+        assert all(torch.equal(a[k], saved[k]) for k in a)
+    assert not all(torch.equal(v, ranks[0]["modules"]["smirk_generator"][k])  # and they trained
+                   for k, v in _parameters(build_tiny_generator_state()).items())
+    # each rank read its own stream of the shards: the one a reader of that rank draws, not the other's
+    for r in (0, 1):
+        assert ranks[r]["keys"] == _rank_stream_keys(ffhq_shards, tmp_path / f"r{r}", monkeypatch, r, 2, 2)
+    assert ranks[0]["keys"] != ranks[1]["keys"]
+
+
+def build_tiny_generator_state() -> dict:
+    """The generator's initial weights in a run of seed 0 (the loop seeds before building the task)."""
+    from fbench.train import seed_everything
+    from methods.smirk.plugin import SmirkConfig
+    from methods.smirk.task import SmirkTask
+
+    seed_everything(0)
+    return SmirkTask(SmirkConfig(generator_init_features=8, generator_res_blocks=1)).generator.state_dict()
+
+
+def test_a_smirk_step_steps_every_optimiser_with_rank_averaged_gradients(ffhq_shards, tmp_path, monkeypatch,
+                                                                         one_torch_thread):
+    # In-process stand-in for the torchrun test: a fake second rank whose gradients are all 1. Every
+    # optimiser step of SMIRK's step (first path: both; cycle: the generator, clipped) must use
+    # gradients averaged over the ranks, and the generator's clipping must see the averaged ones
+    # (smirk_trainer.py:377-379 clips the gradient DDP averaged).
+    import torch.distributed as dist
+
+    from fbench.train import distributed as D
+
+    monkeypatch.setattr(D, "active", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_reduce", lambda t, op=None: t.add_(torch.ones_like(t)))
+    task, batch = _task_and_batch(ffhq_shards, tmp_path, monkeypatch)
+    hooks = [D.average_gradients_before_step(opt) for opt in task.opts.values()]
+    stepped: list[tuple[str, bool, float]] = []
+    for name, opt in task.opts.items():
+        original = opt.step
+
+        def step(*a, _name=name, _opt=opt, _orig=original, **k):
+            out = _orig(*a, **k)  # the pre-step hook averages inside
+            grads = [p for group in _opt.param_groups for p in group["params"] if p.grad is not None]
+            synced = all(D._SYNCED.get(id(p)) is not None and D._SYNCED[id(p)][0]() is p.grad
+                         and D._SYNCED[id(p)][1] == p.grad._version for p in grads)
+            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in grads])))
+            stepped.append((_name, synced and bool(grads), norm))
+            return out
+        opt.step = step
+    try:
+        task.training_step(batch, 0)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert [(n, ok) for n, ok, _ in stepped] == [("encoder", True), ("generator", True), ("generator", True)]
+    assert stepped[2][2] <= task.t.generator_clip + 1e-6  # clipped after averaging (all-ones would be far larger)

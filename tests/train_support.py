@@ -12,6 +12,7 @@ after writing `stalled` into the run folder: the kill test's moment to SIGKILL.
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import sys
@@ -29,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fbench.plugins import MethodPlugin
-from fbench.train import RunContext, TaskBase, sync_gradients
+from fbench.plugins import MethodPlugin, TrainOption, TrainStages
+from fbench.train import RunContext, TaskBase, clip_gradients
 
 TRUE_W = torch.linspace(-1, 1, 24).reshape(3, 8)
 
@@ -41,7 +42,7 @@ class ToyConfig:
     lr: float = 0.05
     n_batches: int = 3  # batches per epoch (len of the loader)
     dropout: float = 0.2
-    clip: float = 0.0  # gradient clipping (after sync_gradients), 0: none
+    clip: float = 0.0  # gradient clipping (fbench.train.clip_gradients), 0: none
     noise: float = 0.01  # target noise from the global RNGs (0 for the data-parallel comparison)
     perceptual: bool = False  # load the VGG perceptual loss in setup (disabled and recorded without weights)
 
@@ -103,8 +104,7 @@ class ToyTask(_OneModel):
         self.opt.zero_grad()
         loss.backward()
         if self.config.clip:
-            sync_gradients(self.model.parameters())
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+            clip_gradients(self.model.parameters(), self.config.clip)
         self.opt.step()
         self.seen.append(step)
         if os.environ.get("TOY_STALL_AT") == str(step) and self.run.is_main:
@@ -135,12 +135,76 @@ class ToyTask(_OneModel):
         return [save_checkpoint(out / "toy.pt", {"model": self.model.state_dict()})]
 
 
+@dataclass
+class StagedToyConfig(ToyConfig):
+    step: str = "1"  # the stage: "1" trains `model` with an extra module `aux`, "2" `model` alone
+    reset_adam: bool = False  # clear the Adam state at every epoch start (on_epoch_start)
+    crash_at: int = -1  # raise StopTraining in stage 2's step of this index (a stop mid-stage)
+    gain: float = 1.0  # a free-text TrainOption
+    note: str = ""  # a path TrainOption
+    mode: str = "a"  # a TrainOption with choices
+
+
+class StopTraining(RuntimeError):
+    """The staged toy's simulated interruption."""
+
+
+class StagedToyTask(ToyTask):
+    """The toy in two stages (`--step 1|2|both`). `state_dict` keeps the weights `model` had when
+    the stage began (`start`) and the Adam step counts seen at each step (`adam_steps`)."""
+
+    config: StagedToyConfig
+
+    def __init__(self, config: StagedToyConfig) -> None:
+        super().__init__(config)
+        self.aux = nn.Linear(3, 3) if config.step == "1" else None
+        self.start: list[float] = []
+        self.adam_steps: list[int] = []
+        self.epochs_started: list[int] = []
+
+    def modules(self) -> Mapping[str, nn.Module]:
+        return {"model": self.model, **({"aux": self.aux} if self.aux is not None else {})}
+
+    def on_epoch_start(self, epoch: int) -> None:
+        from fbench.train import reset_optimizer_state
+
+        self.epochs_started.append(epoch)
+        if self.config.reset_adam:
+            reset_optimizer_state(self.opt)
+
+    def training_step(self, batch: Any, step: int) -> Mapping[str, float]:
+        if not self.start:
+            self.start = self.model[1].weight.detach().flatten().tolist()
+        if self.config.step == "2" and step == self.config.crash_at:
+            raise StopTraining(f"stopped in stage 2 at step {step}")
+        state = self.opt.state.get(self.model[1].weight, {})
+        self.adam_steps.append(int(state["step"]) if "step" in state else 0)
+        return super().training_step(batch, step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "start": list(self.start), "adam_steps": list(self.adam_steps),
+                "epochs_started": list(self.epochs_started), "gain": self.config.gain}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.start, self.adam_steps = list(state["start"]), list(state["adam_steps"])
+        self.epochs_started = list(state["epochs_started"])
+
+
 def _unavailable(*args: Any) -> Any:
     raise NotImplementedError("the toy method trains only")
 
 
 TOY = MethodPlugin(name="toy", summary="a linear toy model (tests)", config=ToyConfig, build=_unavailable,
                    from_checkpoint=_unavailable, task=ToyTask)
+STAGED_TOY = MethodPlugin(
+    name="stagedtoy", summary="the toy in two stages (tests)", config=StagedToyConfig, build=_unavailable,
+    from_checkpoint=_unavailable, task=StagedToyTask,
+    train_options=(TrainOption("--reset-adam", "reset_adam", "Clear Adam's state every epoch.", is_flag=True),
+                   TrainOption("--gain", "gain", "A number (free text, read as YAML)."),
+                   TrainOption("--note-file", "note", "A path.", path=True),
+                   TrainOption("--mode", "mode", "A choice.", choices=("a", "b"))),
+    train_stages=TrainStages("--step", "step", ("1", "2")))
 UNTRAINABLE = MethodPlugin(name="frozen", summary="a method without a training task (tests)", config=ToyConfig,
                            build=_unavailable, from_checkpoint=_unavailable, task=None)
 
@@ -151,7 +215,7 @@ def mount(methods: Mapping[str, MethodPlugin] | None = None) -> dict[str, Any]:
 
     from fbench.registry import SPECS, Registry
 
-    methods = methods or {"toy": TOY, "frozen": UNTRAINABLE, "shardtoy": SHARD_TOY}
+    methods = methods or {"toy": TOY, "frozen": UNTRAINABLE, "shardtoy": SHARD_TOY, "stagedtoy": STAGED_TOY}
     module = sys.modules[__name__].__name__
     for attr, plugin in methods.items():
         globals()[f"_plugin_{attr}"] = plugin
@@ -160,16 +224,26 @@ def mount(methods: Mapping[str, MethodPlugin] | None = None) -> dict[str, Any]:
 
 
 
-def ddp_worker(rank: int, world: int, port: int, out: str, config: ToyConfig, steps: int,
+def ddp_worker(rank: int, world: int, rendezvous: str, out: str, config: ToyConfig, steps: int,
                resume: bool = False) -> None:
-    """One rank of a data-parallel toy run started by `torch.multiprocessing.spawn` (as torchrun would)."""
+    """One rank of a data-parallel toy run started by `torch.multiprocessing.spawn`, as torchrun
+    would start it, except that the process group meets in a file (`rendezvous`, one per run) rather
+    than on a TCP port: a port chosen free in the parent and bound by rank 0 seconds later (the
+    children's imports) could be taken meanwhile on a busy machine, and the loop joins a process
+    group that is already up."""
+    import torch.distributed as dist
+
     from fbench.train import LoopConfig, train
 
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    train(lambda: ToyTask(config), LoopConfig(max_steps=steps, progress=False, checkpoint_every=2, device="cpu",
-                                              log_every=1), Path(out), resume=resume)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    importlib.import_module("torch._dynamo")  # before the group, as fbench.train.distributed.init_distributed does
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        train(lambda: ToyTask(config), LoopConfig(max_steps=steps, progress=False, checkpoint_every=2, device="cpu",
+                                                  log_every=1), Path(out), resume=resume)
+    finally:
+        dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------ a toy task on real shards
@@ -244,4 +318,15 @@ if __name__ == "__main__":
     registry_module._REGISTRIES["methods"] = mount()
     from fbench.cli import main
 
-    main(sys.argv[1:], prog_name="fbench")
+    try:
+        main(sys.argv[1:], prog_name="fbench")
+    finally:  # TOY_THREADS_AT_EXIT=DIR: the threads this process still runs, in DIR/threads_rank<RANK>.txt
+        if os.environ.get("TOY_THREADS_AT_EXIT"):
+            names = []
+            for task in sorted(os.listdir("/proc/self/task")):
+                try:
+                    names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
+                except OSError:  # a thread that ended meanwhile
+                    pass
+            Path(os.environ["TOY_THREADS_AT_EXIT"], f"threads_rank{os.environ.get('RANK', '0')}.txt").write_text(
+                "\n".join(names))

@@ -291,6 +291,12 @@ def synth(dataset: str, out: Path, n: int | None, seed: int, corrupt: int, varia
     click.echo(f"synthetic {dataset}: {result.summary()}")
 
 
+DEMO_SMIRK_STEPS = 2
+DEMO_SMIRK_TRAINING = ("generator_init_features=8", "generator_res_blocks=1", "train.batch_size=2",
+                       "train.workers=0", "train.samples_per_epoch=4", f"loop.max_steps={DEMO_SMIRK_STEPS}",
+                       "loop.progress=false", "loop.log_every=1", "loop.visualize_every=2")
+
+
 @main.command("demo")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("fbench-demo"),
               show_default=True, help="Directory for the demo's outputs.")
@@ -301,8 +307,10 @@ def demo(out: Path, flame: Path | None) -> None:
     Generates (or loads) the FLAME model, decodes a few expressions and poses to meshes and
     renders them with SMIRK's shading; writes a miniature AffectNet in its real layout and
     preps it into shards; writes a miniature FaMoS and fits FLAME to it, exporting SMIRK's
-    expression templates. Results on synthetic data are labelled synthetic and are not
-    comparable with published numbers.
+    expression templates; preps a miniature FFHQ and trains SMIRK on it for a few steps (tiny
+    generator); reconstructs the AffectNet images with that checkpoint and scores it and the
+    ground-truth oracle on a miniature MultiFace. Results on synthetic data are labelled
+    synthetic and are not comparable with published numbers.
 
     \b
     Example:
@@ -325,7 +333,7 @@ def demo(out: Path, flame: Path | None) -> None:
     np.savez(out / "params.npz", **{k: v.numpy() for k, v in params.as_dict().items()})
     for i, name in enumerate(poses):
         write_mesh(out / f"{name}.obj", Mesh(vertices=output.vertices[i].numpy(), faces=model.faces.numpy(), units="m"))
-    click.echo(f"[1/6] FLAME forward: {len(poses)} meshes ({model.num_vertices} vertices) -> {out}/*.obj")
+    click.echo(f"[1/8] FLAME forward: {len(poses)} meshes ({model.num_vertices} vertices) -> {out}/*.obj")
 
     from fbench.render import render_flame, save_png, smirk_renderer_for
 
@@ -333,7 +341,7 @@ def demo(out: Path, flame: Path | None) -> None:
         images = render_flame(model, params, smirk_renderer_for(model, "face"))["rendered_img"]
     for name, image in zip(poses, images):
         save_png(image, out / f"{name}.png")
-    click.echo(f"[2/6] SMIRK render: {len(poses)} images (224x224) -> {out}/*.png")
+    click.echo(f"[2/8] SMIRK render: {len(poses)} images (224x224) -> {out}/*.png")
 
     # The researcher's commands, as they would type them, on miniature synthetic datasets.
     from fbench.synth import write_synthetic_dataset
@@ -343,30 +351,45 @@ def demo(out: Path, flame: Path | None) -> None:
     run = lambda command, *args: command.main([str(a) for a in args], standalone_mode=False)  # noqa: E731
     run(pipelines.get("affectnet").command_for("prep"), "--root", affectnet.root, "--out", out / "shards",
         "--landmarks", "annotations")
-    click.echo(f"[3/6] fbench prep affectnet: shards in {out / 'shards' / 'affectnet'} "
+    click.echo(f"[3/8] fbench prep affectnet: shards in {out / 'shards' / 'affectnet'} "
                f"(one file corrupted on purpose, logged in rejects.jsonl)")
     famos = write_synthetic_dataset("famos", out / "data" / "FaMoS", n=1, flame=model)
     run(pipelines.get("famos").command_for("fit"), "--root", famos.root, "--out", out / "fits", "--stride", 10,
         "--export-templates", out / "templates", *(["--flame", flame] if flame else []))
-    click.echo(f"[4/6] fbench fit-flame famos: fits in {out / 'fits'}, SMIRK templates in {out / 'templates'}")
+    click.echo(f"[4/8] fbench fit-flame famos: fits in {out / 'fits'}, SMIRK templates in {out / 'templates'}")
 
-    # A method through the registry: SMIRK with random weights (no pretrained weights ship with
-    # fbench; a trained or released checkpoint goes in its place), then a benchmark with the
-    # ground-truth oracle and that SMIRK on a miniature MultiFace.
+    # A method trained through the registry: SMIRK's core training for a few steps with a tiny
+    # generator on a miniature FFHQ (MediaPipe landmarks from the detector, which the synthetic
+    # heads pass) with the templates above; no pretrained weights ship with fbench, so this is the
+    # plumbing, not a usable model. Then that checkpoint reconstructs, and a benchmark scores the
+    # ground-truth oracle and it on a miniature MultiFace.
+    ffhq = write_synthetic_dataset("ffhq", out / "data" / "FFHQ", n=4, flame=model)
+    run(pipelines.get("ffhq").command, "--root", ffhq.root, "--out", out / "shards", "--landmarks", "detect",
+        "--fan", "off", "--no-progress")
+    click.echo(f"[5/8] fbench prep ffhq: shards in {out / 'shards' / 'ffhq'} (MediaPipe landmarks detected)")
     methods = registry("methods")
     smirk = methods.get("smirk")
-    checkpoint = smirk.save(smirk.build(smirk.config(generator=False)), out / "smirk-untrained.pt")
-    run(reconstruct, affectnet.root / "Manually_Annotated_Images", "--method", "smirk", "--checkpoint", checkpoint,
+    smirk_run = out / "runs" / "smirk"
+    run(train_command(smirk), "--shards", out / "shards", "--out", smirk_run, "--phase", "core", "--skip-missing",
+        *[a for kv in DEMO_SMIRK_TRAINING for a in ("-o", kv)], "-o", f"train.templates={out / 'templates'}",
+        *(["--flame", flame] if flame else []))
+    checkpoint = smirk_run / "SMIRK.pt"
+    click.echo(f"[6/8] fbench train smirk: {DEMO_SMIRK_STEPS} core training steps (tiny generator, batch 2) on the "
+               f"FFHQ shards -> {checkpoint} (the plumbing: far too short to learn)")
+    # AffectNet keeps its images in numbered subfolders: the files themselves, the corrupted one left out
+    images = sorted(p for p in (affectnet.root / "Manually_Annotated_Images").rglob("*.jpg")
+                    if p.relative_to(affectnet.root).as_posix() not in affectnet.corrupted)[:4]
+    run(reconstruct, *images, "--method", "smirk", "--checkpoint", checkpoint,
         "--out", out / "reconstructions", "--mesh", "obj", "--render", "--no-progress",
         *(["--flame", flame] if flame else []))
-    click.echo(f"[5/6] fbench reconstruct --method smirk: params, meshes and renders in {out / 'reconstructions'} "
-               "(untrained SMIRK: random weights, the plumbing only)")
+    click.echo(f"[7/8] fbench reconstruct --method smirk: {len(images)} AffectNet images -> params, meshes and "
+               f"renders in {out / 'reconstructions'} (the SMIRK of step 6)")
     multiface = write_synthetic_dataset("multiface", out / "data" / "MultiFace", n=2, flame=model)
     benchmarks = registry("benchmarks")
     for method, extra in (("oracle", []), ("smirk", ["--checkpoint", checkpoint])):
         run(eval_command(benchmarks.get("multiface")), "--method", method, *extra, "--root", multiface.root,
             "--out", out / "results" / "multiface" / method, *(["--flame", flame] if flame else []))
-    click.echo(f"[6/6] fbench eval multiface --method oracle|smirk: results in {out / 'results'}")
+    click.echo(f"[8/8] fbench eval multiface --method oracle|smirk: results in {out / 'results'}")
     click.echo(f"demo finished: outputs in {out} (synthetic FLAME: {model.flame_source.synthetic})")
 
 

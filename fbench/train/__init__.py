@@ -6,7 +6,7 @@ logs (`metrics.csv`, `summary.json`), PNG grids (`images/`), atomic checkpoints
 (`checkpoints/last.pt`) with exact `resume`, and data-parallel runs under torchrun.
 """
 
-from fbench.train.distributed import sync_gradients
+from fbench.train.distributed import clip_gradients, sync_gradients
 from fbench.train.loop import (
     CHECKPOINT_KIND,
     LoopConfig,
@@ -14,9 +14,10 @@ from fbench.train.loop import (
     TaskBase,
     TrainResult,
     read_train_checkpoint,
+    reset_optimizer_state,
     seed_everything,
     train,
 )
 
-__all__ = ["CHECKPOINT_KIND", "LoopConfig", "RunContext", "TaskBase", "TrainResult", "read_train_checkpoint",
-           "seed_everything", "sync_gradients", "train"]
+__all__ = ["CHECKPOINT_KIND", "LoopConfig", "RunContext", "TaskBase", "TrainResult", "clip_gradients",
+           "read_train_checkpoint", "reset_optimizer_state", "seed_everything", "sync_gradients", "train"]

@@ -11,9 +11,12 @@ The price is no overlap of communication with the backward pass. Buffers (BatchN
 statistics) are broadcast once at the start and then kept per rank (DDP re-broadcasts rank 0's
 before every forward); checkpoints hold rank 0's.
 
-A task that reads gradients before stepping (gradient clipping) calls
-`sync_gradients(params)` first, so it clips the mean gradient as a DDP run would; the
-pre-hook then leaves those gradients alone.
+A task that reads gradients before stepping calls `sync_gradients(params)` first, so it sees
+the mean gradient as a DDP run would; the pre-hook then leaves those gradients alone unless they
+changed since (a gradient accumulated again is averaged again). Gradient clipping changes them
+in place: `clip_gradients(params, max_norm)` averages, clips and keeps the clipped gradients
+marked as averaged (a clip after `sync_gradients` alone would make the hook all-reduce them a
+second time: the same values on every rank, but a wasted exchange).
 """
 
 from __future__ import annotations
@@ -54,6 +57,13 @@ def init_distributed(device: torch.device) -> DistInfo:
     rank, world, local = env_world()
     if world <= 1:
         return DistInfo(0, 1, 0)
+    # torch._dynamo (imported on first use by torch.optim, i.e. by the task's optimisers) keeps ten
+    # references to a process group that is up when it is imported: the group then outlives
+    # destroy_process_group, its gloo threads running until interpreter exit, where its destruction
+    # sometimes aborts a finished worker ("terminate called without an active exception", exit
+    # -6; 1 of 24 two-process toy runs). Imported before the group exists, it holds none.
+    import torch._dynamo  # noqa: F401
+
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
                             device_id=device if device.type == "cuda" else None)
@@ -62,6 +72,16 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 def close_distributed(info: DistInfo) -> None:
     if info.created and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def process_group_up() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def shutdown() -> None:
+    """Close the process group, if one is up (after runs that kept it open)."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -116,8 +136,25 @@ def sync_gradients(params: Iterable[Tensor]) -> None:
         return
     with torch.no_grad():
         _flat_allreduce_mean([p.grad for p in todo])
-    for p in todo:
-        _SYNCED[id(p)] = (weakref.ref(p.grad), p.grad._version)
+    _mark_synced(todo)
+
+
+def _mark_synced(params: Iterable[Tensor]) -> None:
+    for p in params:
+        if p.grad is not None:
+            _SYNCED[id(p)] = (weakref.ref(p.grad), p.grad._version)
+
+
+def clip_gradients(params: Iterable[Tensor], max_norm: float) -> Tensor:
+    """`torch.nn.utils.clip_grad_norm_` of the gradients averaged over the ranks (as under DDP);
+    the clipped gradients count as averaged, so the optimiser's pre-step hook leaves them. Returns
+    the total norm before clipping. Every rank must call it with the same parameters."""
+    params = [p for p in params if p.grad is not None]
+    sync_gradients(params)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if active():
+        _mark_synced(params)
+    return norm
 
 
 def average_gradients_before_step(optimizer: torch.optim.Optimizer) -> Any:

@@ -5,7 +5,9 @@
 - `data`: SMIRK's per-sample preparation of fbench shards and its dataset mix;
 - `augment`: SMIRK's training augmentations;
 - `masking`: the generator's masked input (face hidden, ~1 % of its pixels kept at points
-  sampled on the predicted mesh), for training and for `SmirkModel.generate`.
+  sampled on the predicted mesh), for training and for `SmirkModel.generate`;
+- `task`: the training recipe behind `fbench train smirk` (`--phase pretrain|core|both`,
+  `--skip-missing`, `--official-optimizer-reset`, declared on the plugin).
 """
 
 from methods.smirk.model import SMIRK_CROP, SmirkEncoder, SmirkGenerator, SmirkModel

@@ -5,7 +5,8 @@ smirk_trainer.py:LINE), `src/base_trainer.py` (base_trainer.py:LINE), `train.py`
 `configs/config_pretrain.yaml` and `configs/config_train.yaml`. Own code; the weights and
 constants are the official ones (methods/smirk/plugin.py OFFICIAL_WEIGHTS, SmirkTrainConfig).
 
-Phases (`-o train.phase=pretrain|core`):
+Phases (`--phase pretrain|core`, config key `train.phase`; `--phase both` runs pretrain into
+RUN/pretrain, then core from its last weights into RUN/core, fbench/train/stages.py):
 - pretrain (config_pretrain.yaml): encoder only (no generator, :54), all three encoders
   optimised (:28-30), FAN-68 jawline and MediaPipe-105 landmark losses x 100, expression
   regularisation x 1e-2; MICA's shape loss (x 10, :45) is DISABLED (fbench has no MICA model)
@@ -27,12 +28,16 @@ Optimisers (base_trainer.py:28-66): Adam on the optimised encoder parts at 0.25 
 on the generator at lr with betas (0.5, 0.999), created once. The official trainer's cosine
 schedule restarted each epoch with eta_min 0.01 lr (base_trainer.py:54-66, train.py:48) is the
 loop's `-o loop.schedule=cosine_epoch` (min_lr_factor 0.01 is the loop's default).
+`--official-optimizer-reset` (`train.official_optimizer_reset`) reproduces the official
+per-epoch re-creation of the generator's Adam (below): `on_epoch_start` clears its state.
 
 Our choices (differences from the official code):
-- the official `configure_optimizers` re-creates the generator's Adam every epoch (it tests
+- the official `configure_optimizers`, called at every epoch start (train.py:47-48), keeps the
+  encoder's Adam (base_trainer.py:39-41) but re-creates the generator's (it tests
   `hasattr(self, 'fuse_generator_optimizer')` but stores `smirk_generator_optimizer`,
-  base_trainer.py:58-62), resetting its moments; fbench creates it once (no
-  `--official-optimizer-reset` is offered);
+  base_trainer.py:58-62), resetting its moments and step counts; fbench creates it once and
+  keeps its state, unless `--official-optimizer-reset` is given (then its state is cleared at
+  every epoch start, which equals a re-created Adam: its learning rate is the schedule's);
 - the freezing alternates on the loop's global step (the official code uses the batch index
   within the epoch; the same parity when steps per epoch are even);
 - encoder parts the phase does not optimise are frozen from the start (officially they get
@@ -61,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fbench.flame.params import FlameParams
-from fbench.train import RunContext, TaskBase, sync_gradients
+from fbench.train import RunContext, TaskBase, clip_gradients, reset_optimizer_state
 from methods.smirk.model import flame_params
 from methods.smirk.plugin import OFFICIAL_OPTIMIZE as OPT
 
@@ -235,17 +240,24 @@ class SmirkTask(TaskBase):
         if t.weight("mica_loss") > 0:
             notes["mica_loss"] = (f"MICA shape loss DISABLED (weight {t.weight('mica_loss')}, "
                                   "config_pretrain.yaml:45): fbench has no MICA model")
-            _say(notes["mica_loss"])
+            self._say(notes["mica_loss"])
         if self.generator is not None:
             self.probabilities = masking.face_probabilities(self.flame).to(run.device)
             if t.weight("perceptual_vgg_loss") > 0:
                 from fbench.losses import load_vgg_perceptual
 
-                self.vgg = load_vgg_perceptual(notes=notes)
+                self.vgg = load_vgg_perceptual(notes=notes, say=self._say)
                 if self.vgg is not None:
                     self.vgg = self.vgg.to(run.device).eval()
             if t.weight("cycle_loss") > 0:
                 self._setup_templates(notes)
+
+    def _say(self, message: str) -> None:
+        """A message at the start of the run, from rank 0 only (every rank records it in its notes)."""
+        if self.run.is_main:
+            import sys
+
+            print(message, file=sys.stderr)
 
     def _setup_templates(self, notes: dict[str, Any]) -> None:
         from fbench.assets import get_asset
@@ -259,7 +271,7 @@ class SmirkTask(TaskBase):
             notes["cycle_templates"] = (f"cycle template injection DISABLED: no FaMoS templates at {root} "
                                         "(`fbench fit-flame famos --export-templates DIR`, -o train.templates=DIR); "
                                         "its group gets random expression offsets")
-            _say(notes["cycle_templates"])
+            self._say(notes["cycle_templates"])
 
     def _load_initial(self, path: Path) -> None:
         """train.py:38-39 with load_encoder/load_fuse_generator True (config_train.yaml:2-3)."""
@@ -292,6 +304,11 @@ class SmirkTask(TaskBase):
             self.generator_opt = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=tuple(self.t.generator_betas))
             opts["generator"] = self.generator_opt
         return opts
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """`--official-optimizer-reset`: the generator's Adam starts every epoch afresh (base_trainer.py:57-62)."""
+        if self.t.official_optimizer_reset and self.generator is not None:
+            reset_optimizer_state(self.generator_opt)
 
     # --------------------------------------------------------------------------------- data
 
@@ -462,9 +479,8 @@ class SmirkTask(TaskBase):
                 loss2, terms2 = self.cycle_step(batch, enc, freeze_encoder, freeze_generator)
                 self._zero_grad()
                 loss2.backward()
-                if not freeze_generator:  # :377-379
-                    sync_gradients(self.generator.parameters())
-                    torch.nn.utils.clip_grad_norm_(self.generator.parameters(), self.t.generator_clip)
+                if not freeze_generator:  # :377-379, on the gradient averaged over the ranks
+                    clip_gradients(self.generator.parameters(), self.t.generator_clip)
                 if not freeze_encoder:
                     self.encoder_opt.step()
                 if not freeze_generator:
@@ -510,10 +526,3 @@ class _Epoch:
 
     def __iter__(self):
         return iter(self.loader)
-
-
-def _say(message: str) -> None:
-    import sys
-
-    print(message, file=sys.stderr)
-
