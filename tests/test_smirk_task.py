@@ -310,6 +310,56 @@ def _task_and_batch(shards: Path, tmp_path: Path, monkeypatch, phase: str = "cor
     return task, next(iter(task.train_loader(0)))
 
 
+def test_cycle_path_reuses_the_first_paths_vertices_with_the_results_of_re_rendering(ffhq_shards, tmp_path,
+                                                                                     monkeypatch, one_torch_thread):
+    # The official cycle path re-renders the detached encoder output (smirk_trainer.py:252-254)
+    # and reads only its image-space vertices; the task reuses the first path's instead. Two
+    # tasks from one seed: re-rendering as the official code does and reusing give the same
+    # parameters, buffers and losses, bit for bit (one step: the vertices only feed the cycle's
+    # masking, whichever half of the alternation trains).
+    import random
+
+    from methods.smirk import masking
+
+    results, renders, meshes, first_mesh = [], [], {}, []
+    real_masking = masking.cycle_masked_image
+
+    def cycle_masking(*a, **k):  # the meshes the points move between: first path's, augmented
+        meshes[len(results)] = (a[3], a[4])
+        return real_masking(*a, **k)
+    monkeypatch.setattr(masking, "cycle_masked_image", cycle_masking)
+    for reuse in (True, False):
+        torch.manual_seed(0)
+        task, batch = _task_and_batch(ffhq_shards, tmp_path / str(reuse), monkeypatch)
+        real_render, real_cycle = task.render, task.cycle_step
+
+        def render(*a, _real=real_render, **k):
+            renders.append(reuse)
+            return _real(*a, **k)
+
+        def official_cycle(batch, enc, freeze_encoder, freeze_generator, vertices=None, _task=task, _real=real_cycle):
+            with torch.no_grad():
+                fresh = _task.render({k: v.detach() for k, v in enc.items()}, landmarks=False)
+            assert vertices is not None and torch.equal(vertices, fresh["transformed_vertices"])
+            assert torch.equal(_task.project(enc), fresh["transformed_vertices"])
+            first_mesh.append(fresh["transformed_vertices"])
+            return _real(batch, enc, freeze_encoder, freeze_generator, fresh["transformed_vertices"])
+        task.render = render
+        if not reuse:
+            task.cycle_step = official_cycle
+        torch.manual_seed(1)
+        random.seed(1)
+        logs = task.training_step(batch, 0)
+        state = {f"{name}.{k}": v.clone() for name, m in task.modules().items() for k, v in m.state_dict().items()}
+        results.append((logs, state))
+    assert results[0][0] == results[1][0]
+    assert results[0][1].keys() == results[1][1].keys()
+    assert all(torch.equal(results[0][1][k], results[1][1][k]) for k in results[0][1])
+    assert torch.equal(meshes[0][0], first_mesh[0]) and torch.equal(meshes[1][0], first_mesh[0])
+    assert not torch.equal(meshes[0][1], first_mesh[0])
+    assert renders.count(True) == 2 and renders.count(False) == 3  # first path + augmented face
+
+
 def test_first_path_terms_and_weights_match_the_official_code(ffhq_shards, tmp_path, monkeypatch, one_torch_thread):
     # smirk_trainer.py:57-72, 97-101, 134-154 with config_train.yaml:30-43 (shape not optimised: no shape term)
     from methods.smirk import masking

@@ -43,6 +43,9 @@ Our choices (differences from the official code):
 - without FaMoS templates the template group (the third) gets the random-expression recipe
   of the first group, said and recorded (`run.cycle_templates`);
 - with Ke > 1 points are sampled independently on each copy (officially once and repeated);
+- the cycle path takes the image-space vertices of the first path's render (detached) instead
+  of rendering the encoder output again under no_grad (smirk_trainer.py:252-254): the same
+  values, one FLAME evaluation and one rasterization fewer per step;
 - randomness of the cycle augmentation comes from torch's global generator, as officially,
   and the template choice from python's `random` (base_trainer.py:69-74); both are seeded and
   checkpointed by the loop.
@@ -299,8 +302,21 @@ class SmirkTask(TaskBase):
         lms = {"landmarks_fan": out.landmarks, "landmarks_mp": out.landmarks_mp} if landmarks else {}
         return self.renderer(out.vertices, params.cam, **lms)
 
+    def project(self, feats: Mapping[str, Tensor]) -> Tensor:
+        """`render(feats)["transformed_vertices"]` without rasterizing: FLAME and the camera."""
+        from fbench.render.smirk import orthographic_project
+
+        params: FlameParams = flame_params(dict(feats))
+        return orthographic_project(self.flame(params).vertices, params.cam)
+
     def first_path(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """smirk_trainer.py:34-179: the weighted first-path loss, its terms and the encoder output."""
+        loss, terms, enc, _ = self._first_path(batch)
+        return loss, terms, enc
+
+    def _first_path(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor],
+                                                              dict[str, Any]]:
+        """`first_path` plus its render of the encoder output (the cycle path reuses its vertices)."""
         from fbench.losses import landmark_loss, photometric_l1, regulariser
         from methods.smirk import masking
 
@@ -334,11 +350,15 @@ class SmirkTask(TaskBase):
                 terms["perceptual_vgg_loss"] = self.vgg(recon, img)
                 loss = loss + t.weight("perceptual_vgg_loss") * terms["perceptual_vgg_loss"]
             self._last = {"img": img, "rendered": rend["rendered_img"], "masked": masked, "recon": recon}
-        return loss, terms, enc
+        return loss, terms, enc, rend
 
     def cycle_step(self, batch: Mapping[str, Any], enc: Mapping[str, Tensor], freeze_encoder: bool,
-                   freeze_generator: bool) -> tuple[Tensor, dict[str, Tensor]]:
-        """smirk_trainer.py:184-317: the weighted cycle loss (before backward)."""
+                   freeze_generator: bool, vertices: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """smirk_trainer.py:184-317: the weighted cycle loss (before backward).
+
+        `vertices`: the image-space vertices of `enc` (the first path's render, which the
+        official code redoes under no_grad, :252-254; only its vertices are read, for the point
+        sampling); None computes them (`project`)."""
         from methods.smirk import masking
 
         t = self.t
@@ -347,11 +367,12 @@ class SmirkTask(TaskBase):
         feats = {k: torch.cat(ke * [v.detach()], dim=0) for k, v in enc.items()}  # :193-197
         aug, _ = augment_expressions(feats, self.templates, use_eyelids=t.use_eyelids)
         with torch.no_grad():  # :251-290
-            first = self.render({k: v.detach() for k, v in enc.items()}, landmarks=False)
+            if vertices is None:
+                vertices = self.project({k: v.detach() for k, v in enc.items()})
             second = self.render(aug, landmarks=False)
             masked = masking.cycle_masked_image(img.repeat(ke, 1, 1, 1), masks.repeat(ke, 1, 1, 1),
                                                 second["rendered_img"],
-                                                first["transformed_vertices"].repeat(ke, 1, 1),
+                                                vertices.detach().repeat(ke, 1, 1),
                                                 second["transformed_vertices"], self.flame.faces, self.probabilities,
                                                 mask_ratio=t.mask_ratio, radius=t.mask_dilation_radius)
         recon = self.generator(masking.generator_input(second["rendered_img"], masked).detach())  # :295
@@ -367,7 +388,9 @@ class SmirkTask(TaskBase):
         self.encoder.train()
         if self.generator is not None:
             self.generator.train()
-        loss, terms, enc = self.first_path(batch)
+        loss, terms, enc, rend = self._first_path(batch)
+        vertices = rend["transformed_vertices"].detach()  # the cycle path's starting mesh, not re-rendered
+        del rend
         self._zero_grad()
         loss.backward()  # :360-363
         self.encoder_opt.step()
@@ -384,7 +407,7 @@ class SmirkTask(TaskBase):
             if freeze_generator:
                 _freeze(self.generator, True)
             try:
-                loss2, terms2 = self.cycle_step(batch, enc, freeze_encoder, freeze_generator)
+                loss2, terms2 = self.cycle_step(batch, enc, freeze_encoder, freeze_generator, vertices)
                 self._zero_grad()
                 loss2.backward()
                 if not freeze_generator:  # :377-379
