@@ -295,6 +295,38 @@ def test_training_step_alternates_freezing_and_clips_the_generator(ffhq_shards, 
     assert all(p.requires_grad for p in task.generator.parameters())
 
 
+def test_frozen_networks_run_in_eval_mode_in_the_cycle_path(ffhq_shards, tmp_path, monkeypatch, one_torch_thread):
+    # utils.py:46-51: the official freeze_module sets requires_grad False AND eval mode, so in the
+    # cycle path the frozen encoder (even steps) or generator (odd steps) normalises with its
+    # BatchNorm running statistics and leaves them as they are; each step starts in train mode.
+    task, batch = _task_and_batch(ffhq_shards, tmp_path, monkeypatch)
+    modes: dict[str, list[bool]] = {"generator": [], "pose": [], "expression": []}
+    for name, module in (("generator", task.generator), ("pose", task.encoder.pose_encoder),
+                         ("expression", task.encoder.expression_encoder)):
+        module.register_forward_pre_hook(lambda m, args, _n=name: modes[_n].append(m.training))
+    stats = task.encoder.pose_encoder.state_dict()
+    bn = [k for k in stats if k.endswith("running_mean")][0]
+    seen = {}
+    real_cycle = task.cycle_step
+
+    def cycle(*a, **k):
+        seen["before"] = task.encoder.pose_encoder.state_dict()[bn].clone()
+        out = real_cycle(*a, **k)
+        seen["after"] = task.encoder.pose_encoder.state_dict()[bn].clone()
+        return out
+    task.cycle_step = cycle
+    task.training_step(batch, 0)  # encoder frozen in the cycle path
+    assert modes == {"generator": [True, True], "pose": [True, False], "expression": [True, False]}
+    assert torch.equal(seen["before"], seen["after"])  # eval mode: the running statistics are kept
+    assert task.encoder.training and task.generator.training
+    for v in modes.values():
+        v.clear()
+    task.training_step(batch, 1)  # generator frozen in the cycle path
+    assert modes == {"generator": [True, False], "pose": [True, True], "expression": [True, True]}
+    assert not torch.equal(seen["before"], seen["after"])  # train mode: the encoder's statistics move
+    assert all(m.training for m in task.encoder.modules()) and all(m.training for m in task.generator.modules())
+
+
 def _task_and_batch(shards: Path, tmp_path: Path, monkeypatch, phase: str = "core"):
     from fbench.train import RunContext
     from methods.smirk.plugin import SmirkConfig, SmirkTrainConfig

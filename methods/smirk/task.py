@@ -21,7 +21,9 @@ Phases (`-o train.phase=pretrain|core`):
   eyelid MSE, + shape MSE when the generator trains, :307-314). On even steps the encoder is
   frozen in the cycle path and the generator learns with its gradient clipped to 0.1; on odd
   steps the generator is frozen and the encoder learns (base_trainer.py:258-268,
-  smirk_trainer.py:365-391).
+  smirk_trainer.py:365-391). Frozen means, as the official `freeze_module` (utils.py:46-51),
+  no gradient and eval mode: the frozen network's BatchNorm normalises with its running
+  statistics and does not update them.
 
 Optimisers (base_trainer.py:28-66): Adam on the optimised encoder parts at 0.25 x lr, Adam
 on the generator at lr with betas (0.5, 0.999), created once. The official trainer's cosine
@@ -402,10 +404,14 @@ class SmirkTask(TaskBase):
             # base_trainer.py:265-268: encoder frozen on even steps, generator on odd ones
             freeze_encoder = step % 2 == 0 if self.t.alternate_freezing else False
             freeze_generator = step % 2 == 1 if self.t.alternate_freezing else False
+            # the official freeze_module also switches to eval mode (utils.py:46-51): the frozen
+            # network's BatchNorm uses and keeps its running statistics in the cycle path
             if freeze_encoder:
                 _freeze(self.encoder, True)
+                self.encoder.eval()
             if freeze_generator:
                 _freeze(self.generator, True)
+                self.generator.eval()
             try:
                 loss2, terms2 = self.cycle_step(batch, enc, freeze_encoder, freeze_generator, vertices)
                 self._zero_grad()
@@ -421,6 +427,8 @@ class SmirkTask(TaskBase):
                 _freeze(self.generator, False)
                 for part in ("pose", "shape", "expression"):
                     _freeze(getattr(self.encoder, f"{part}_encoder"), not self.optimised[part])
+                self.encoder.train()  # every step starts in train mode (base_trainer.py:108-111) anyway
+                self.generator.train()
             logs.update({k: float(v.detach()) for k, v in terms2.items()})
         return logs
 
