@@ -15,7 +15,7 @@ The network floor of the SMIRK step is also timed: the network calls that the re
 makes, nothing else (no FLAME, rendering, masking or augmentation). First path: encoder and
 generator forward, the generator's three shading channels carrying a gradient (the rendered
 shading does, to the encoder), one backward, both Adam steps; cycle path with the same
-freezing as the step: generator forward, encoder forward on its output, the cycle loss's
+freezing as the step (no gradient, eval mode): generator forward, encoder forward on its output, the cycle loss's
 terms, one backward, the generator's clipping and the unfrozen side's Adam step. The cycle
 path doubles the forwards of both networks, so no implementation of the recipe gets below
 `floor=<floor / bare>`; the distance from the floor is what rendering, masking and the
@@ -163,8 +163,10 @@ def main() -> int:
             o.step()
         freeze_enc, freeze_gen = step % 2 == 0, step % 2 == 1  # as SmirkTask.training_step
         trainable = {p: p.requires_grad for p in list(enc.parameters()) + list(gen.parameters())}
-        for p in (enc.parameters() if freeze_enc else gen.parameters()):
+        frozen = enc if freeze_enc else gen
+        for p in frozen.parameters():
             p.requires_grad_(False)
+        frozen.eval()  # frozen as the official freeze_module: no gradient, eval mode
         try:
             recon = gen(torch.cat([img, img], 1))
             feats = enc(recon.detach() if freeze_gen else recon)
@@ -179,6 +181,7 @@ def main() -> int:
         finally:
             for p, flag in trainable.items():
                 p.requires_grad_(flag)
+            frozen.train()
 
     bare_step()
     floor_step(0)
