@@ -15,14 +15,14 @@ The network floor of the SMIRK step is also timed: the network calls that the re
 makes, nothing else (no FLAME, rendering, masking or augmentation). First path: encoder and
 generator forward, the generator's three shading channels carrying a gradient (the rendered
 shading does, to the encoder), one backward, both Adam steps; cycle path with the same
-freezing as the step (no gradient, eval mode): generator forward, encoder forward on its output, the cycle loss's
-terms, one backward, the generator's clipping and the unfrozen side's Adam step. The cycle
-path doubles the forwards of both networks, so no implementation of the recipe gets below
-`floor=<floor / bare>`; the distance from the floor is what rendering, masking and the
-rest of the step cost.
+freezing as the step (no gradient, eval mode): generator forward, encoder forward on its
+output, the cycle loss's terms, one backward, the generator's clipping and the unfrozen
+side's Adam step. The cycle path doubles the forwards of both networks, so no
+implementation of the recipe gets below `floor=<floor / bare>`; the distance from the floor
+is what rendering, masking and the rest of the step cost.
 
 Correctness first: a SMIRK step must give finite losses and move the expression encoder
-and the generator; otherwise the script exits 1 without a ratio. Printed: median wall time
+and the generator; otherwise the script exits 1 without a ratio. Printed: median time
 per step of each, the share of the SMIRK step spent rendering (`SmirkTask.render`, FLAME
 included) and masking (`masked_image`, `cycle_masked_image`), `floor=<network floor / bare>`
 and last `ratio=<smirk / bare>`.
