@@ -23,9 +23,9 @@ is what rendering, masking and the rest of the step cost.
 
 Correctness first: a SMIRK step must give finite losses and move the expression encoder
 and the generator; otherwise the script exits 1 without a ratio. Printed: time per step
-of each (the median over consecutive even + odd step pairs), the share of the SMIRK step spent rendering (`SmirkTask.render`, FLAME
-included) and masking (`masked_image`, `cycle_masked_image`), `floor=<network floor / bare>`
-and last `ratio=<smirk / bare>`.
+of each (the median over consecutive even + odd step pairs), the share of the SMIRK step
+spent rendering (`SmirkTask.render`, FLAME included) and masking (`masked_image`,
+`cycle_masked_image`), `floor=<network floor / bare>` and last `ratio=<smirk / bare>`.
 
 `--clock cpu` times with the process's CPU time instead of the wall clock: with one thread
 (OMP_NUM_THREADS=1) on a CPU shared with other jobs it measures the step's own work, which
