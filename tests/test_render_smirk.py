@@ -17,7 +17,9 @@ from fbench.flame.params import FlameParams
 from fbench.render import (
     SmirkRenderer,
     default_cam,
+    directional_shading,
     faces_in_mask,
+    interpolate_face_attributes,
     orthographic_project,
     render_flame,
     render_params_file,
@@ -297,3 +299,33 @@ def test_curved_surface_shading_matches_an_independent_recomputation() -> None:
     # The check is sensitive: renormalised normals differ by far more than its tolerance.
     renormalised, _ = _numpy_smirk_image(verts.numpy(), faces.numpy(), cam, size, renormalise=True)
     assert np.abs(renormalised[clear] - expected[clear]).max() > 1e-3
+
+
+def test_shading_only_covered_pixels_equals_shading_the_whole_image_exactly() -> None:
+    # The renderer shades the covered pixels only (perf/train_step.py); shading every pixel of
+    # the interpolated normal image and multiplying by the coverage mask gives the same bits,
+    # in the image and in the gradient to the vertices.
+    verts, faces = _sphere(2)
+    verts = (verts * torch.tensor([1.0, 1.3, 0.8], dtype=torch.float64)).float()
+    renderer = SmirkRenderer(faces, image_size=56)
+    cam = torch.tensor([[6.0, 0.01, -0.02], [4.0, -0.03, 0.02]])
+    v = verts[None].repeat(2, 1, 1)
+    v[1] = v[1] @ torch.tensor([[0.8, 0.0, 0.6], [0.0, 1.0, 0.0], [-0.6, 0.0, 0.8]])
+    weight = torch.rand(2, 3, 56, 56, generator=torch.Generator().manual_seed(3))
+
+    def whole_image(vertices: Tensor) -> Tensor:
+        fragments = renderer.rasterize(orthographic_project(vertices, cam))
+        face_normals = vertex_normals(vertices, renderer.faces)[:, renderer.faces].reshape(-1, 3, 3)
+        mask = fragments.mask[..., None].float()
+        shaded = ALBEDO * mask * directional_shading(interpolate_face_attributes(fragments, face_normals))
+        return shaded.expand(-1, -1, -1, 3).permute(0, 3, 1, 2)
+
+    grads = []
+    for render in (lambda x: renderer(x, cam)["rendered_img"], whole_image):
+        x = v.clone().requires_grad_(True)
+        img = render(x)
+        (img * weight).sum().backward()
+        grads.append((img.detach(), x.grad))
+    (mine, mine_grad), (full, full_grad) = grads
+    assert (mine > 0).float().mean() > 0.1 and (mine == 0).any()
+    assert torch.equal(mine, full) and torch.equal(mine_grad, full_grad)

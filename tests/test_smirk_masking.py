@@ -238,6 +238,21 @@ def test_square_max_filter_is_the_official_max_pool() -> None:
         assert torch.equal(M.square_max_filter(x, size), torch.nn.functional.max_pool2d(x, size, 1, size // 2))
 
 
+def test_running_max_is_max_pool_on_any_values_and_sizes() -> None:
+    # the doubling running max stands in for F.max_pool2d in the masking: same values, also
+    # for real-valued and negative inputs, windows wider than the image, and either axis
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(3, 2, 17, 9, generator=g)
+    for size in (1, 3, 5, 7, 11, 21):
+        pad = size // 2
+        assert torch.equal(M.running_max(x, size, -1),
+                           torch.nn.functional.max_pool2d(x, (1, size), 1, (0, pad))), size
+        assert torch.equal(M.running_max(x, size, 2), torch.nn.functional.max_pool2d(x, (size, 1), 1, (pad, 0))), size
+        assert torch.equal(M.square_max_filter(x, size), torch.nn.functional.max_pool2d(x, size, 1, pad)), size
+    with pytest.raises(ValueError, match="odd"):
+        M.running_max(x, 4, -1)
+
+
 def _hole(size: int = 96, margin: int = 20, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     img = torch.full((n, 3, size, size), 0.5)
     hull = torch.ones(n, 1, size, size)

@@ -323,6 +323,38 @@ def test_training_step_alternates_freezing_and_clips_the_generator(ffhq_shards, 
     assert all(p.requires_grad for p in task.generator.parameters())
 
 
+def test_frozen_networks_run_in_eval_mode_in_the_cycle_path(ffhq_shards, tmp_path, monkeypatch, one_torch_thread):
+    # utils.py:46-51: the official freeze_module sets requires_grad False AND eval mode, so in the
+    # cycle path the frozen encoder (even steps) or generator (odd steps) normalises with its
+    # BatchNorm running statistics and leaves them as they are; each step starts in train mode.
+    task, batch = _task_and_batch(ffhq_shards, tmp_path, monkeypatch)
+    modes: dict[str, list[bool]] = {"generator": [], "pose": [], "expression": []}
+    for name, module in (("generator", task.generator), ("pose", task.encoder.pose_encoder),
+                         ("expression", task.encoder.expression_encoder)):
+        module.register_forward_pre_hook(lambda m, args, _n=name: modes[_n].append(m.training))
+    stats = task.encoder.pose_encoder.state_dict()
+    bn = [k for k in stats if k.endswith("running_mean")][0]
+    seen = {}
+    real_cycle = task.cycle_step
+
+    def cycle(*a, **k):
+        seen["before"] = task.encoder.pose_encoder.state_dict()[bn].clone()
+        out = real_cycle(*a, **k)
+        seen["after"] = task.encoder.pose_encoder.state_dict()[bn].clone()
+        return out
+    task.cycle_step = cycle
+    task.training_step(batch, 0)  # encoder frozen in the cycle path
+    assert modes == {"generator": [True, True], "pose": [True, False], "expression": [True, False]}
+    assert torch.equal(seen["before"], seen["after"])  # eval mode: the running statistics are kept
+    assert task.encoder.training and task.generator.training
+    for v in modes.values():
+        v.clear()
+    task.training_step(batch, 1)  # generator frozen in the cycle path
+    assert modes == {"generator": [True, False], "pose": [True, True], "expression": [True, True]}
+    assert not torch.equal(seen["before"], seen["after"])  # train mode: the encoder's statistics move
+    assert all(m.training for m in task.encoder.modules()) and all(m.training for m in task.generator.modules())
+
+
 def _task_and_batch(shards: Path, tmp_path: Path, monkeypatch, phase: str = "core"):
     from fbench.train import RunContext
     from methods.smirk.plugin import SmirkConfig, SmirkTrainConfig
@@ -336,6 +368,56 @@ def _task_and_batch(shards: Path, tmp_path: Path, monkeypatch, phase: str = "cor
     task.setup(RunContext(out=tmp_path, device=torch.device("cpu"), seed=0, shards=shards))
     task.opts = task.configure_optimizers()
     return task, next(iter(task.train_loader(0)))
+
+
+def test_cycle_path_reuses_the_first_paths_vertices_with_the_results_of_re_rendering(ffhq_shards, tmp_path,
+                                                                                     monkeypatch, one_torch_thread):
+    # The official cycle path re-renders the detached encoder output (smirk_trainer.py:252-254)
+    # and reads only its image-space vertices; the task reuses the first path's instead. Two
+    # tasks from one seed: re-rendering as the official code does and reusing give the same
+    # parameters, buffers and losses, bit for bit (one step: the vertices only feed the cycle's
+    # masking, whichever half of the alternation trains).
+    import random
+
+    from methods.smirk import masking
+
+    results, renders, meshes, first_mesh = [], [], {}, []
+    real_masking = masking.cycle_masked_image
+
+    def cycle_masking(*a, **k):  # the meshes the points move between: first path's, augmented
+        meshes[len(results)] = (a[3], a[4])
+        return real_masking(*a, **k)
+    monkeypatch.setattr(masking, "cycle_masked_image", cycle_masking)
+    for reuse in (True, False):
+        torch.manual_seed(0)
+        task, batch = _task_and_batch(ffhq_shards, tmp_path / str(reuse), monkeypatch)
+        real_render, real_cycle = task.render, task.cycle_step
+
+        def render(*a, _real=real_render, **k):
+            renders.append(reuse)
+            return _real(*a, **k)
+
+        def official_cycle(batch, enc, freeze_encoder, freeze_generator, vertices=None, _task=task, _real=real_cycle):
+            with torch.no_grad():
+                fresh = _task.render({k: v.detach() for k, v in enc.items()}, landmarks=False)
+            assert vertices is not None and torch.equal(vertices, fresh["transformed_vertices"])
+            assert torch.equal(_task.project(enc), fresh["transformed_vertices"])
+            first_mesh.append(fresh["transformed_vertices"])
+            return _real(batch, enc, freeze_encoder, freeze_generator, fresh["transformed_vertices"])
+        task.render = render
+        if not reuse:
+            task.cycle_step = official_cycle
+        torch.manual_seed(1)
+        random.seed(1)
+        logs = task.training_step(batch, 0)
+        state = {f"{name}.{k}": v.clone() for name, m in task.modules().items() for k, v in m.state_dict().items()}
+        results.append((logs, state))
+    assert results[0][0] == results[1][0]
+    assert results[0][1].keys() == results[1][1].keys()
+    assert all(torch.equal(results[0][1][k], results[1][1][k]) for k in results[0][1])
+    assert torch.equal(meshes[0][0], first_mesh[0]) and torch.equal(meshes[1][0], first_mesh[0])
+    assert not torch.equal(meshes[0][1], first_mesh[0])
+    assert renders.count(True) == 2 and renders.count(False) == 3  # first path + augmented face
 
 
 def test_first_path_terms_and_weights_match_the_official_code(ffhq_shards, tmp_path, monkeypatch, one_torch_thread):

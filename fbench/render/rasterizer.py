@@ -352,17 +352,27 @@ def rasterize_meshes(verts: Tensor, faces: Tensor, image_size: int | tuple[int, 
     return _fragments_from_keys(keys, face_verts, height, width)
 
 
+def interpolate_covered(fragments: Fragments, face_attributes: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+    """Barycentric interpolation at the covered pixels only.
+
+    face_attributes: (B * F, 3, D) indexed by packed face ids (pytorch3d layout).
+    Returns the covered pixels' (batch, row, column) indices and their (P, D) values, for
+    work that need not touch the background (`interpolate_face_attributes` scatters them).
+    """
+    p2f = fragments.pix_to_face[..., 0]
+    mask = p2f >= 0
+    idx = p2f[mask]
+    bary = fragments.bary_coords[..., 0, :][mask]  # (P, 3)
+    vals = (bary[..., None] * face_attributes[idx]).sum(-2)
+    return torch.nonzero(mask, as_tuple=True), vals
+
+
 def interpolate_face_attributes(fragments: Fragments, face_attributes: Tensor) -> Tensor:
     """Barycentric interpolation of per-face-corner attributes.
 
     face_attributes: (B * F, 3, D) indexed by packed face ids (pytorch3d layout).
     Returns (B, H, W, D) with zeros on background pixels.
     """
-    p2f = fragments.pix_to_face[..., 0]
-    mask = p2f >= 0
-    d = face_attributes.shape[-1]
-    out = face_attributes.new_zeros(*p2f.shape, d)
-    idx = p2f[mask]
-    bary = fragments.bary_coords[..., 0, :][mask]  # (P, 3)
-    vals = (bary[..., None] * face_attributes[idx]).sum(-2)
-    return out.index_put(torch.nonzero(mask, as_tuple=True), vals)
+    where, vals = interpolate_covered(fragments, face_attributes)
+    out = face_attributes.new_zeros(*fragments.pix_to_face.shape[:-1], face_attributes.shape[-1])
+    return out.index_put(where, vals)

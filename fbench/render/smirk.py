@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rasterizer import Backend, Fragments, interpolate_face_attributes, rasterize_meshes
+from .rasterizer import Backend, Fragments, interpolate_covered, rasterize_meshes
 
 # renderer.py Renderer.__init__: `colors = torch.tensor([180, 180, 180]) / 255.`
 ALBEDO = 180.0 / 255.0
@@ -158,10 +158,11 @@ class SmirkRenderer(nn.Module):
         # Normals of the unprojected mesh (renderer.py render: vertex_normals(vertices, ...)).
         normals = vertex_normals(vertices, self.faces)
         face_normals = normals[:, self.faces].reshape(b * self.faces.shape[0], 3, 3)
-        normal_img = interpolate_face_attributes(fragments, face_normals)  # (B, H, W, 3)
+        # Shaded on the covered pixels only: the constant albedo interpolates to itself there
+        # and the background is black (the values of shading every pixel and masking, ours).
+        where, normal_px = interpolate_covered(fragments, face_normals)  # (P, 3)
         mask = fragments.mask[..., None].to(vertices.dtype)
-        # Constant albedo interpolates to itself on covered pixels and is 0 elsewhere.
-        shaded = ALBEDO * mask * directional_shading(normal_img)
+        shaded = mask.new_zeros(mask.shape).index_put(where, ALBEDO * directional_shading(normal_px))
         image = shaded.expand(-1, -1, -1, 3).permute(0, 3, 1, 2).contiguous()
         return image, mask.permute(0, 3, 1, 2)
 

@@ -50,7 +50,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 # config_train.yaml:18 `mask_ratio: 0.01`; demo.py:139 `mask_ratio = 0.01`.
@@ -231,12 +230,37 @@ def transfer_pixels(image: Tensor, points_from: Tensor, points_to: Tensor, count
 # ------------------------------------------------------------------------------ the mask
 
 
-def square_max_filter(x: Tensor, size: int) -> Tensor:
-    """F.max_pool2d(x, size, stride=1, padding=size // 2) for odd `size`, as a row pass and a
-    column pass (the same values; ours, ~size/2 times fewer comparisons)."""
+def running_max(x: Tensor, size: int, dim: int) -> Tensor:
+    """Max over the centred window of odd `size` along `dim`, outside values counting as -inf:
+    F.max_pool1d's values with stride 1 and padding size // 2. Windows of 1, 2, 4, ... values
+    are built by doubling and the last one from two overlapping halves, so a pixel costs
+    ~log2(size) elementwise maxima (F.max_pool2d's CPU kernel costs ~size comparisons and was
+    most of the masking time in perf/train_step.py); max is exact, so the values are identical."""
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"running_max: the window must be odd and positive, got {size}")
     pad = size // 2
-    x = F.max_pool2d(x, (1, size), stride=1, padding=(0, pad))
-    return F.max_pool2d(x, (size, 1), stride=1, padding=(pad, 0))
+    n = x.shape[dim]
+    if pad:
+        edge = list(x.shape)
+        edge[dim] = pad
+        inf = x.new_full(edge, float("-inf"))
+        x = torch.cat([inf, x, inf], dim)  # max_pool's implicit -inf padding
+    width = 1  # x[i] holds the max of the `width` padded values from i on
+    while 2 * width <= size:
+        length = x.shape[dim] - width
+        x = torch.maximum(x.narrow(dim, 0, length), x.narrow(dim, width, length))
+        width *= 2
+    if width < size:  # two windows of `width` overlapping to cover `size`
+        shift = size - width
+        length = x.shape[dim] - shift
+        x = torch.maximum(x.narrow(dim, 0, length), x.narrow(dim, shift, length))
+    return x.narrow(dim, 0, n)
+
+
+def square_max_filter(x: Tensor, size: int) -> Tensor:
+    """F.max_pool2d(x, size, stride=1, padding=size // 2) on (..., H, W) for odd `size`, as a
+    row pass and a column pass of `running_max` (the same values; ours)."""
+    return running_max(running_max(x, size, -1), size, -2)
 
 
 def rendered_mask(rendered_img: Tensor) -> Tensor:
@@ -270,9 +294,7 @@ def mask_image(image: Tensor, hull_mask: Tensor, extra_points: Tensor, radius: i
         centres = torch.bernoulli(torch.full((b, 1, h, w), float(block_prob), device=gen_device), generator=generator)
         keep = 1 - square_max_filter(centres.to(image), BLOCK_SIZE)
         extra_points = extra_points * keep
-    where = extra_points > 0
-    masked[where] = extra_points[where]
-    return masked.detach()
+    return torch.where(extra_points > 0, extra_points, masked).detach()
 
 
 def generator_input(rendered_img: Tensor, masked_img: Tensor) -> Tensor:
@@ -341,6 +363,6 @@ __all__ = [
     "AREA_WEIGHTS", "BLOCK_PROB", "BLOCK_PROB_CYCLE", "BLOCK_SIZE", "DEMO_MASK_RATIO_MUL", "MASK_DILATION_RADIUS",
     "MASK_RATIO", "NOISE_STD", "NORMAL_Z_MAX", "area_probabilities", "cycle_masked_image", "demo_masked_image", "derive_mask_triangles",
     "dilate_face", "face_probabilities", "generator_input", "hull_masks", "mask_image", "masked_image",
-    "random_barycentric", "rendered_mask", "sample_mesh_points", "sampling_weights", "square_max_filter", "transfer_pixels",
+    "random_barycentric", "rendered_mask", "running_max", "sample_mesh_points", "sampling_weights", "square_max_filter", "transfer_pixels",
     "triangle_xy_area", "triangles_touching",
 ]

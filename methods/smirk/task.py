@@ -22,7 +22,9 @@ RUN/pretrain, then core from its last weights into RUN/core, fbench/train/stages
   eyelid MSE, + shape MSE when the generator trains, :307-314). On even steps the encoder is
   frozen in the cycle path and the generator learns with its gradient clipped to 0.1; on odd
   steps the generator is frozen and the encoder learns (base_trainer.py:258-268,
-  smirk_trainer.py:365-391).
+  smirk_trainer.py:365-391). Frozen means, as the official `freeze_module` (utils.py:46-51),
+  no gradient and eval mode: the frozen network's BatchNorm normalises with its running
+  statistics and does not update them.
 
 Optimisers (base_trainer.py:28-66): Adam on the optimised encoder parts at 0.25 x lr, Adam
 on the generator at lr with betas (0.5, 0.999), created once. The official trainer's cosine
@@ -48,6 +50,9 @@ Our choices (differences from the official code):
 - without FaMoS templates the template group (the third) gets the random-expression recipe
   of the first group, said and recorded (`run.cycle_templates`);
 - with Ke > 1 points are sampled independently on each copy (officially once and repeated);
+- the cycle path takes the image-space vertices of the first path's render (detached) instead
+  of rendering the encoder output again under no_grad (smirk_trainer.py:252-254): the same
+  values, one FLAME evaluation and one rasterization fewer per step;
 - randomness of the cycle augmentation comes from torch's global generator, as officially,
   and the template choice from python's `random` (base_trainer.py:69-74); both are seeded and
   checkpointed by the loop.
@@ -354,8 +359,21 @@ class SmirkTask(TaskBase):
         lms = {"landmarks_fan": out.landmarks, "landmarks_mp": out.landmarks_mp} if landmarks else {}
         return self.renderer(out.vertices, params.cam, **lms)
 
+    def project(self, feats: Mapping[str, Tensor]) -> Tensor:
+        """`render(feats)["transformed_vertices"]` without rasterizing: FLAME and the camera."""
+        from fbench.render.smirk import orthographic_project
+
+        params: FlameParams = flame_params(dict(feats))
+        return orthographic_project(self.flame(params).vertices, params.cam)
+
     def first_path(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """smirk_trainer.py:34-179: the weighted first-path loss, its terms and the encoder output."""
+        loss, terms, enc, _ = self._first_path(batch)
+        return loss, terms, enc
+
+    def _first_path(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor],
+                                                              dict[str, Any]]:
+        """`first_path` plus its render of the encoder output (the cycle path reuses its vertices)."""
         from fbench.losses import landmark_loss, photometric_l1, regulariser
         from methods.smirk import masking
 
@@ -390,7 +408,7 @@ class SmirkTask(TaskBase):
             self._last = {"img": img, "rendered": rend["rendered_img"], "masked": masked, "recon": recon}
         extra, extra_terms = self.first_path_extra(batch, enc, rend, recon)
         terms.update(extra_terms)
-        return loss + extra, terms, enc
+        return loss + extra, terms, enc, rend
 
     def first_path_masked(self, batch: Mapping[str, Any], rend: Mapping[str, Tensor]) -> Tensor:
         """The generator's masked image in the first path (smirk_trainer.py:75-96)."""
@@ -411,8 +429,12 @@ class SmirkTask(TaskBase):
         return 0.0, {}
 
     def cycle_step(self, batch: Mapping[str, Any], enc: Mapping[str, Tensor], freeze_encoder: bool,
-                   freeze_generator: bool) -> tuple[Tensor, dict[str, Tensor]]:
-        """smirk_trainer.py:184-317: the weighted cycle loss (before backward)."""
+                   freeze_generator: bool, vertices: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """smirk_trainer.py:184-317: the weighted cycle loss (before backward).
+
+        `vertices`: the image-space vertices of `enc` (the first path's render, which the
+        official code redoes under no_grad, :252-254; only its vertices are read, for the point
+        sampling); None computes them (`project`)."""
         from methods.smirk import masking
 
         t = self.t
@@ -421,9 +443,11 @@ class SmirkTask(TaskBase):
         feats = self.repeat_outputs(enc, ke)  # :193-197
         aug, _ = augment_expressions(feats, self.templates, use_eyelids=t.use_eyelids)
         with torch.no_grad():  # :251-290
-            first = self.render({k: v.detach() for k, v in enc.items()}, landmarks=False)
+            if vertices is None:
+                vertices = self.project({k: v.detach() for k, v in enc.items()})
             second = self.render(aug, landmarks=False)
-            masked = self.cycle_masked(img.repeat(ke, 1, 1, 1), masks.repeat(ke, 1, 1, 1), first, second)
+            masked = self.cycle_masked(img.repeat(ke, 1, 1, 1), masks.repeat(ke, 1, 1, 1),
+                                       {"transformed_vertices": vertices.detach()}, second)
         recon = self.generate(masking.generator_input(second["rendered_img"], masked).detach(), aug)  # :295
         if freeze_generator:
             recon = recon.detach()  # :296-297
@@ -459,7 +483,9 @@ class SmirkTask(TaskBase):
         self.encoder.train()
         if self.generator is not None:
             self.generator.train()
-        loss, terms, enc = self.first_path(batch)
+        loss, terms, enc, rend = self._first_path(batch)
+        vertices = rend["transformed_vertices"].detach()  # the cycle path's starting mesh, not re-rendered
+        del rend
         self._zero_grad()
         loss.backward()  # :360-363
         self.encoder_opt.step()
@@ -471,12 +497,18 @@ class SmirkTask(TaskBase):
             # base_trainer.py:265-268: encoder frozen on even steps, generator on odd ones
             freeze_encoder = step % 2 == 0 if self.t.alternate_freezing else False
             freeze_generator = step % 2 == 1 if self.t.alternate_freezing else False
-            if freeze_encoder:
-                _freeze(self.encoder, True)
+            # the official freeze_module also switches to eval mode (utils.py:46-51): the frozen
+            # network's BatchNorm uses and keeps its running statistics in the cycle path
+            if freeze_encoder:  # the FLAME encoders only (TEASER's token encoder stays in train mode,
+                for part in ("pose", "shape", "expression"):  # teaser_trainer.py:388-391)
+                    module = getattr(self.encoder, f"{part}_encoder")
+                    _freeze(module, True)
+                    module.eval()
             if freeze_generator:
                 _freeze(self.generator, True)
+                self.generator.eval()
             try:
-                loss2, terms2 = self.cycle_step(batch, enc, freeze_encoder, freeze_generator)
+                loss2, terms2 = self.cycle_step(batch, enc, freeze_encoder, freeze_generator, vertices)
                 self._zero_grad()
                 loss2.backward()
                 if not freeze_generator:  # :377-379, on the gradient averaged over the ranks
@@ -489,6 +521,8 @@ class SmirkTask(TaskBase):
                 _freeze(self.generator, False)
                 for part in self.encoder_parts:
                     _freeze(getattr(self.encoder, f"{part}_encoder"), not self.optimised[part])
+                self.encoder.train()  # every step starts in train mode (base_trainer.py:108-111) anyway
+                self.generator.train()
             logs.update({k: float(v.detach()) for k, v in terms2.items()})
         return logs
 

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.smirk.task import SmirkTask, _say
+from methods.smirk.task import SmirkTask
 from methods.teaser.model import face_masked
 
 TOKEN_CYCLE_IN_CYCLE = 1.0  # trainer.py:362: 1.0 x MSE(token 0)
@@ -234,12 +234,12 @@ class TeaserTask(SmirkTask):
         if t.weight("emotion_loss") > 0 and self.generator is not None:
             notes["emotion_loss"] = (f"emotion loss DISABLED (weight {t.weight('emotion_loss')}, config_train.yaml:35): "
                                      "fbench does not run EMOCA's emotion network in training")
-            _say(notes["emotion_loss"])
+            self._say(notes["emotion_loss"])
         if t.weight("landmark_loss_203") > 0:
             self.landmarks_203, note = load_landmarks_203(t.landmarks_203, int(self.flame.faces.shape[0]))
             notes["landmark_loss_203"] = note
             if self.landmarks_203 is None:
-                _say(note)
+                self._say(note)
             else:
                 self.landmarks_203.to(run.device)
 
