@@ -331,3 +331,23 @@ def test_pretrain_phase_resumes_exactly(ffhq_shards, tmp_path, monkeypatch, teas
     r = _cli("train", "teaser", "--out", str(tmp_path / "part"), "--resume", "-o", "loop.max_steps=2")
     assert r.exit_code == 0 and "at step 1 (epoch 0, batch 1)" in r.output, r.output
     _same_parameters(tmp_path / "full", tmp_path / "part")
+
+
+def test_cycle_path_freezes_the_flame_encoders_but_not_the_token_encoder(flame_dir, tmp_path, one_torch_thread):
+    # teaser_trainer.py:388-391: freeze_encoder puts the pose, shape and expression encoders in eval
+    # mode (utils.freeze_module); the token encoder keeps training mode, its BatchNorm statistics move
+    from fbench.train.loop import RunContext
+    from methods.teaser.plugin import TeaserConfig
+
+    task = TeaserTask(TeaserConfig.tiny())
+    task.setup(RunContext(out=tmp_path, device=torch.device("cpu"), seed=0, flame=flame_dir))
+    task.configure_optimizers()
+    modes: dict[str, list[bool]] = {"token": [], "expression": []}
+    for name in modes:
+        getattr(task.encoder, f"{name}_encoder").register_forward_pre_hook(
+            lambda m, args, _n=name: modes[_n].append(m.training))
+    torch.manual_seed(0)
+    task.training_step(_batch(), 0)  # even step: the encoder is frozen in the cycle path
+    # the first path runs the encoder twice (the image, then its reconstruction for the token cycle)
+    assert modes == {"token": [True, True, True], "expression": [True, True, False]}
+    assert all(m.training for m in task.encoder.modules())  # and every step ends in train mode
