@@ -364,7 +364,7 @@ def demo(out: Path, flame: Path | None) -> None:
     # plumbing, not a usable model. Then that checkpoint reconstructs, and a benchmark scores the
     # ground-truth oracle and it on a miniature MultiFace.
     ffhq = write_synthetic_dataset("ffhq", out / "data" / "FFHQ", n=4, flame=model)
-    run(pipelines.get("ffhq").command, "--root", ffhq.root, "--out", out / "shards", "--landmarks", "detect",
+    run(pipelines.get("ffhq").command_for("prep"), "--root", ffhq.root, "--out", out / "shards", "--landmarks", "detect",
         "--fan", "off", "--no-progress")
     click.echo(f"[5/8] fbench prep ffhq: shards in {out / 'shards' / 'ffhq'} (MediaPipe landmarks detected)")
     methods = registry("methods")
