@@ -42,6 +42,14 @@ class EmotionHeadConfig:
             raise ValueError("emotion_head: hidden sizes >= 1 and 0 <= dropout < 1")
 
 
+def inputs_from_mask(mask: Tensor) -> tuple[str, ...]:
+    """The head inputs an `input_mask` buffer (from a checkpoint) names."""
+    if mask.shape != (len(HEAD_INPUTS),) or not bool(((mask == 0) | (mask == 1)).all()) or not bool(mask.any()):
+        raise ValueError(f"emotion head input_mask must be {len(HEAD_INPUTS)} zeros/ones (not all zero), "
+                         f"got {mask.tolist()}")
+    return tuple(name for name, used in zip(HEAD_INPUTS, mask.tolist()) if used)
+
+
 def input_size(config: EmotionHeadConfig, n_exp: int, n_shape: int) -> int:
     sizes = {"expression": n_exp, "jaw": 3, "shape": n_shape, "eyelids": 2}
     return sum(sizes[i] for i in config.inputs)
@@ -50,13 +58,18 @@ def input_size(config: EmotionHeadConfig, n_exp: int, n_shape: int) -> int:
 class EmotionHead(nn.Module):
     """MLP: concatenated parameters -> (valence, arousal, 8 logits). `forward` takes the encoder's
     output dict (`expression_params`, `jaw_params`, `shape_params`, ...) and returns
-    {"valence": (B,), "arousal": (B,), "logits": (B, 8)}."""
+    {"valence": (B,), "arousal": (B,), "logits": (B, 8)}.
+
+    The inputs are concatenated in HEAD_INPUTS order whatever order the config lists them in, and
+    the buffer `input_mask` (1 per HEAD_INPUTS entry used) records them in the state dict, so a
+    checkpoint says which parameters its head reads (`inputs_from_mask`)."""
 
     def __init__(self, config: EmotionHeadConfig, n_exp: int, n_shape: int) -> None:
         super().__init__()
         self.config = config
-        self.inputs = tuple(config.inputs)
+        self.inputs = tuple(i for i in HEAD_INPUTS if i in config.inputs)
         self.in_size = input_size(config, n_exp, n_shape)
+        self.register_buffer("input_mask", torch.tensor([float(i in self.inputs) for i in HEAD_INPUTS]))
         layers: list[nn.Module] = []
         prev = self.in_size
         for h in config.hidden:
