@@ -109,8 +109,11 @@ class FieldsTask(BaseTask):
             f"encoders (pose frozen), synthesizer and head jointly at {self.t.step2_lr_scale} x the rates"))
         if not self.losses.gt3d:
             notes["gt3d_loss"] = "L_3D-GT DISABLED (train.losses.gt3d false: the ablation)"
+        # frozen = fixed weights and fixed normalisation statistics; the shared step puts modules in train mode
         if self.generator is not None and self.t.step == "1":
-            self.generator.register_forward_pre_hook(_keep_eval)  # the shared step puts modules in train mode
+            self.generator.register_forward_pre_hook(_keep_eval)
+        if not self.optimised["pose"]:  # FIELDS choice (ours): the frozen pose encoder keeps its statistics too
+            self.encoder.pose_encoder.register_forward_pre_hook(_keep_eval)
 
     def _load_initial(self, path: Path) -> None:
         """`train.init_from`: a release-layout checkpoint, or a run folder (its exported release
