@@ -59,11 +59,12 @@ def test_generator_parameter_count_at_the_released_size():
     assert sum(p.numel() for p in SmirkGenerator(6, 3, 32, 5).parameters()) == 31_367_171
 
 
-def _expected_layout() -> dict[str, tuple[int, ...]]:
+def _expected_layout(fixture: Path = FIXTURE) -> dict[str, tuple[int, ...]]:
+    """name -> shape from a layout fixture (also TEASER's, tests/test_teaser_model.py)."""
     import timm
 
     expected = {}
-    for line in FIXTURE.read_text().splitlines():
+    for line in fixture.read_text().splitlines():
         if not line or line.startswith("#"):
             continue
         parts = line.split()

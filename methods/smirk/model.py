@@ -185,25 +185,29 @@ class SmirkGenerator(nn.Module):
                  res_blocks: int = 5) -> None:
         super().__init__()
         f = init_features
-        self.encoder1 = _block(in_channels, f, "enc1")
+        self.encoder1 = self.block(in_channels, f, "enc1")
         self.pool1 = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.encoder2 = _block(f, f * 2, "enc2")
+        self.encoder2 = self.block(f, f * 2, "enc2")
         self.pool2 = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.encoder3 = _block(f * 2, f * 4, "enc3")
+        self.encoder3 = self.block(f * 2, f * 4, "enc3")
         self.pool3 = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.encoder4 = _block(f * 4, f * 8, "enc4")
+        self.encoder4 = self.block(f * 4, f * 8, "enc4")
         self.pool4 = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.bottleneck = _block(f * 8, f * 16, "bottleneck")
+        self.bottleneck = self.block(f * 8, f * 16, "bottleneck")
         self.resnet_blocks = nn.ModuleList([ResnetBlock(f * 16) for _ in range(res_blocks)])
         self.upconv4 = nn.ConvTranspose2d(f * 16, f * 8, kernel_size=2, stride=2)
-        self.decoder4 = _block(f * 8 * 2, f * 8, "dec4")
+        self.decoder4 = self.block(f * 8 * 2, f * 8, "dec4")
         self.upconv3 = nn.ConvTranspose2d(f * 8, f * 4, kernel_size=2, stride=2)
-        self.decoder3 = _block(f * 4 * 2, f * 4, "dec3")
+        self.decoder3 = self.block(f * 4 * 2, f * 4, "dec3")
         self.upconv2 = nn.ConvTranspose2d(f * 4, f * 2, kernel_size=2, stride=2)
-        self.decoder2 = _block(f * 2 * 2, f * 2, "dec2")
+        self.decoder2 = self.block(f * 2 * 2, f * 2, "dec2")
         self.upconv1 = nn.ConvTranspose2d(f * 2, f, kernel_size=2, stride=2)
-        self.decoder1 = _block(f * 2, f, "dec1")
+        self.decoder1 = self.block(f * 2, f, "dec1")
         self.conv = nn.Conv2d(f, out_channels, kernel_size=1)
+
+    def block(self, in_channels: int, features: int, name: str) -> nn.Module:
+        """One UNet block; a subclass may build another kind (TEASER: token-modulated blocks)."""
+        return _block(in_channels, features, name)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, in_channels, H, W), H and W multiples of 16 -> (B, out_channels, H, W) in (0, 1)."""
@@ -232,35 +236,37 @@ def flame_params(outputs: dict[str, Tensor]) -> FlameParams:
 class SmirkModel(nn.Module):
     """SMIRK as a `Reconstructor`: the encoder and, when present, the generator.
 
-    The submodules are named `smirk_encoder` and `smirk_generator` so the state dict has the
+    The submodules are named `smirk_encoder` and `smirk_generator` (`<prefix>_encoder` and
+    `<prefix>_generator`; a subclass such as TEASER's sets `prefix`) so the state dict has the
     released checkpoint's flat layout; `encoder` and `generator` are the same modules.
     """
 
     crop: CropSpec = SMIRK_CROP
+    prefix: str = "smirk"
 
     def __init__(self, encoder: SmirkEncoder, generator: SmirkGenerator | None = None) -> None:
         super().__init__()
-        self.smirk_encoder = encoder
-        self.smirk_generator = generator
+        setattr(self, f"{self.prefix}_encoder", encoder)
+        setattr(self, f"{self.prefix}_generator", generator)
 
     @property
     def encoder(self) -> SmirkEncoder:
-        return self.smirk_encoder
+        return getattr(self, f"{self.prefix}_encoder")
 
     @property
     def generator(self) -> SmirkGenerator | None:
-        return self.smirk_generator
+        return getattr(self, f"{self.prefix}_generator")
 
     @property
     def n_exp(self) -> int:
-        return self.smirk_encoder.n_exp
+        return self.encoder.n_exp
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        return self.smirk_encoder(images)
+        return self.encoder(images)
 
     @torch.inference_mode()
     def reconstruct(self, images: Tensor, items: Sequence[ItemRef] | None = None) -> FlameParams:
@@ -271,7 +277,7 @@ class SmirkModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            out = self.smirk_encoder(images.to(self.device, torch.float32))
+            out = self.encoder(images.to(self.device, torch.float32))
         finally:
             self.train(was_training)
         return flame_params(out).to("cpu")
@@ -291,7 +297,7 @@ class SmirkModel(nn.Module):
         from fbench.render.smirk import render_flame, smirk_renderer_for
         from methods.smirk import masking
 
-        if self.smirk_generator is None:
+        if self.generator is None:
             raise ValueError("this SMIRK model has no generator (its checkpoint holds no smirk_generator.* weights)")
         size = int(images.shape[-1])
         cache = self.__dict__.setdefault("_generate_cache", {})
@@ -303,11 +309,18 @@ class SmirkModel(nn.Module):
         flame.to(device)
         rendered = render_flame(flame, params.to(device=device), cache["renderer"].to(device))
         hull = masking.hull_masks(landmarks, size).to(device)
-        masked = masking.demo_masked_image(images, hull, rendered["rendered_img"], rendered["transformed_vertices"],
-                                           flame.faces, cache["probabilities"], generator=generator)
-        was_training = self.smirk_generator.training
-        self.smirk_generator.eval()
+        was_training = self.generator.training
+        self.generator.eval()
         try:
-            return self.smirk_generator(masking.generator_input(rendered["rendered_img"].to(images), masked))
+            return self._generate_from(images, rendered, hull, flame, cache["probabilities"], generator)
         finally:
-            self.smirk_generator.train(was_training)
+            self.generator.train(was_training)
+
+    def _generate_from(self, images: Tensor, rendered: dict[str, Tensor], hull: Tensor, flame: nn.Module,
+                       probabilities: Tensor, generator: torch.Generator | None) -> Tensor:
+        """The masked input and the generator's image (demo.py:150-169); TEASER overrides it."""
+        from methods.smirk import masking
+
+        masked = masking.demo_masked_image(images, hull, rendered["rendered_img"], rendered["transformed_vertices"],
+                                           flame.faces, probabilities, generator=generator)
+        return self.generator(masking.generator_input(rendered["rendered_img"].to(images), masked))

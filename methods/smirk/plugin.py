@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from fbench.plugins import MethodPlugin
 
@@ -27,7 +28,10 @@ OFFICIAL_OPTIMIZE = {"pretrain": ("pose", "shape", "expression"), "core": ("expr
 @dataclass
 class SmirkTrainConfig:
     """`fbench train smirk` settings (section `train`). A None weight or lr takes the phase's
-    official value (OFFICIAL_WEIGHTS, OFFICIAL_LR above)."""
+    official value (OFFICIAL_WEIGHTS, OFFICIAL_LR above; a subclass such as TEASER's sets its own)."""
+
+    official_weights: ClassVar[dict[str, dict[str, float]]] = OFFICIAL_WEIGHTS
+    official_lr: ClassVar[dict[str, float]] = OFFICIAL_LR
 
     phase: str = "core"  # pretrain (encoder only, config_pretrain.yaml) or core (config_train.yaml)
     lr: float | None = None  # generator lr; the encoder's is encoder_lr_scale x lr
@@ -56,17 +60,17 @@ class SmirkTrainConfig:
     mica_loss: float | None = None
 
     def __post_init__(self) -> None:
-        if self.phase not in OFFICIAL_WEIGHTS:
-            raise ValueError(f"train.phase must be one of {', '.join(OFFICIAL_WEIGHTS)}, got {self.phase!r}")
+        if self.phase not in self.official_weights:
+            raise ValueError(f"train.phase must be one of {', '.join(self.official_weights)}, got {self.phase!r}")
         if self.batch_size < 1 or self.Ke < 1 or self.samples_per_epoch < self.batch_size or self.workers < 0:
             raise ValueError("train: batch_size, Ke >= 1, workers >= 0 and samples_per_epoch >= batch_size")
 
     def weight(self, name: str) -> float:
         value = getattr(self, name)
-        return OFFICIAL_WEIGHTS[self.phase][name] if value is None else float(value)
+        return self.official_weights[self.phase][name] if value is None else float(value)
 
     def learning_rate(self) -> float:
-        return OFFICIAL_LR[self.phase] if self.lr is None else float(self.lr)
+        return self.official_lr[self.phase] if self.lr is None else float(self.lr)
 
 
 @dataclass

@@ -165,23 +165,52 @@ def _freeze(module: nn.Module, frozen: bool) -> None:
 
 
 class SmirkTask(TaskBase):
-    """`fbench train smirk`: see the module docstring."""
+    """`fbench train smirk`: see the module docstring.
+
+    Seams for methods built on SMIRK (TEASER, FIELDS), each defaulting to SMIRK's behaviour:
+    `prefix` and `encoder_parts`/`optimiser_order` (module names and encoder parts),
+    `make_encoder`/`make_generator`/`optimised_parts`, `checkpoint_layout`, `mix_sets` and
+    `sample_transform` (the data), `first_path_masked`/`cycle_masked` (the generator's masked
+    input), `generate` (the generator call), `first_path_extra` (extra first-path loss terms),
+    `repeat_outputs` and `cycle_terms` (the cycle path).
+    """
+
+    prefix = "smirk"  # module names: <prefix>_encoder / <prefix>_generator (checkpoints, exports)
+    encoder_parts: tuple[str, ...] = ("pose", "shape", "expression")  # <part>_encoder submodules
+    optimiser_order: tuple[str, ...] = ("expression", "shape", "pose")  # base_trainer.py:43-51
 
     def __init__(self, config: Any) -> None:
-        from methods.smirk.model import SmirkEncoder, SmirkGenerator
-
         self.config = config
         self.t = config.train
         self.phase = self.t.phase
-        self.encoder = SmirkEncoder(n_exp=config.n_exp, n_shape=config.n_shape, pretrained=config.pretrained_backbones)
+        self.encoder = self.make_encoder()
         # the generator only in core (config_pretrain.yaml:54 enable_fuse_generator False); sizes smirk_trainer.py:19
-        self.generator = SmirkGenerator(config.generator_in_channels, config.generator_out_channels,
-                                        config.generator_init_features, config.generator_res_blocks) \
-            if self.phase == "core" and config.generator else None
-        self.optimised = {"pose": "pose" in OPT[self.phase], "shape": "shape" in OPT[self.phase],
-                          "expression": "expression" in OPT[self.phase]}
+        self.generator = self.make_generator() if self.phase == "core" and config.generator else None
+        self.optimised = self.optimised_parts()
         self.vgg = None
         self.templates: list[np.ndarray] = []
+
+    def make_encoder(self) -> nn.Module:
+        from methods.smirk.model import SmirkEncoder
+
+        c = self.config
+        return SmirkEncoder(n_exp=c.n_exp, n_shape=c.n_shape, pretrained=c.pretrained_backbones)
+
+    def make_generator(self) -> nn.Module:
+        from methods.smirk.model import SmirkGenerator
+
+        c = self.config
+        return SmirkGenerator(c.generator_in_channels, c.generator_out_channels, c.generator_init_features,
+                              c.generator_res_blocks)
+
+    def optimised_parts(self) -> dict[str, bool]:
+        """Which encoder parts the phase optimises (config_*.yaml optimize_*)."""
+        return {part: part in OPT[self.phase] for part in self.encoder_parts}
+
+    def checkpoint_layout(self):
+        from methods.smirk.checkpoint import SMIRK_LAYOUT
+
+        return SMIRK_LAYOUT
 
     # -------------------------------------------------------------------------------- setup
 
@@ -197,7 +226,7 @@ class SmirkTask(TaskBase):
         self.flame = load_flame(run.flame, n_shape=c.n_shape, n_exp=c.n_exp).to(run.device)
         # image_size 224 and render.full_head False: config_train.yaml:5, 60
         self.renderer = smirk_renderer_for(self.flame, "face", image_size=224).to(run.device)
-        for part in ("pose", "shape", "expression"):
+        for part in self.encoder_parts:
             _freeze(getattr(self.encoder, f"{part}_encoder"), not self.optimised[part])
         notes = run.notes
         if not c.pretrained_backbones and not t.init_from:
@@ -236,24 +265,26 @@ class SmirkTask(TaskBase):
         """train.py:38-39 with load_encoder/load_fuse_generator True (config_train.yaml:2-3)."""
         from methods.smirk.checkpoint import read_state_dict
 
-        state = read_state_dict(path)
-        enc = {k[len("smirk_encoder."):]: v for k, v in state.items() if k.startswith("smirk_encoder.")}
+        layout = self.checkpoint_layout()
+        state = read_state_dict(path, layout)
+        e, g = layout.encoder_prefix, layout.generator_prefix
+        enc = {k[len(e):]: v for k, v in state.items() if k.startswith(e)}
         if not enc:
-            raise ValueError(f"{path}: no smirk_encoder.* weights to start from")
+            raise ValueError(f"{path}: no {e}* weights to start from")
         self.encoder.load_state_dict({k: v.float() for k, v in enc.items()}, strict=True)
-        gen = {k[len("smirk_generator."):]: v for k, v in state.items() if k.startswith("smirk_generator.")}
+        gen = {k[len(g):]: v for k, v in state.items() if k.startswith(g)}
         if gen and self.generator is not None:
             self.generator.load_state_dict({k: v.float() for k, v in gen.items()}, strict=True)
 
     def modules(self) -> Mapping[str, nn.Module]:
-        mods: dict[str, nn.Module] = {"smirk_encoder": self.encoder}
+        mods: dict[str, nn.Module] = {f"{self.prefix}_encoder": self.encoder}
         if self.generator is not None:
-            mods["smirk_generator"] = self.generator
+            mods[f"{self.prefix}_generator"] = self.generator
         return mods
 
     def configure_optimizers(self) -> Mapping[str, torch.optim.Optimizer]:
         lr = self.t.learning_rate()
-        params = [p for part in ("expression", "shape", "pose") if self.optimised[part]  # base_trainer.py:43-51
+        params = [p for part in self.optimiser_order if self.optimised[part]  # base_trainer.py:43-51
                   for p in getattr(self.encoder, f"{part}_encoder").parameters()]
         self.encoder_opt = torch.optim.Adam(params, lr=self.t.encoder_lr_scale * lr)
         opts: dict[str, torch.optim.Optimizer] = {"encoder": self.encoder_opt}
@@ -264,18 +295,13 @@ class SmirkTask(TaskBase):
 
     # --------------------------------------------------------------------------------- data
 
-    def train_loader(self, epoch: int) -> Iterable[Any]:
-        from fbench.shards.stream import MixedShardDataset
-        from methods.smirk.data import (
-            SMIRK_MIX,
-            SmirkDataConfig,
-            SmirkTransform,
-            smirk_mix,
-        )
+    def mix_sets(self) -> list[Any]:
+        """The weighted shard sets of the data mix (SMIRK's, methods.smirk.data.smirk_mix)."""
+        from methods.smirk.data import SMIRK_MIX, smirk_mix
 
         t, run = self.t, self.run
         if run.shards is None:
-            raise FileNotFoundError("fbench train smirk needs --shards (the folder `fbench prep` wrote)")
+            raise FileNotFoundError(f"fbench train {self.prefix} needs --shards (the folder `fbench prep` wrote)")
         sets = smirk_mix(run.shards, skip_missing=t.skip_missing)
         present = {s.name for s in sets}
         if t.skip_missing and len(present) < len(SMIRK_MIX):
@@ -283,7 +309,19 @@ class SmirkTask(TaskBase):
             run.notes["data_mix"] = ("SMIRK mix without " + ", ".join(n for n, _ in SMIRK_MIX if n not in present)
                                      + " (skip_missing); renormalised weights: "
                                      + ", ".join(f"{s.name} {s.weight / total:.3f}" for s in sets))
-        data = MixedShardDataset(sets, SmirkTransform(SmirkDataConfig(augment=t.augment), train=True),
+        return sets
+
+    def sample_transform(self) -> Any:
+        """The per-sample preparation of the training shards (SMIRK's, methods.smirk.data)."""
+        from methods.smirk.data import SmirkDataConfig, SmirkTransform
+
+        return SmirkTransform(SmirkDataConfig(augment=self.t.augment), train=True)
+
+    def train_loader(self, epoch: int) -> Iterable[Any]:
+        from fbench.shards.stream import MixedShardDataset
+
+        t, run = self.t, self.run
+        data = MixedShardDataset(self.mix_sets(), self.sample_transform(),
                                  batch_size=t.batch_size, batches_per_epoch=t.samples_per_epoch // t.batch_size,
                                  seed=run.seed)
         data.set_epoch(epoch)
@@ -323,18 +361,37 @@ class SmirkTask(TaskBase):
         if self.optimised["expression"]:  # :137-138, 151
             loss = loss + t.weight("expression_regularization") * terms["expression_regularization"] \
                 + t.weight("jaw_regularization") * terms["jaw_regularization"]
+        recon = None
         if self.generator is not None:  # :75-101
-            masked = masking.masked_image(img, batch["mask"], rend["rendered_img"], rend["transformed_vertices"],
-                                          self.flame.faces, self.probabilities, mask_ratio=t.mask_ratio,
-                                          radius=t.mask_dilation_radius)
-            recon = self.generator(masking.generator_input(rend["rendered_img"], masked))
+            masked = self.first_path_masked(batch, rend)
+            recon = self.generate(masking.generator_input(rend["rendered_img"], masked), enc)
             terms["reconstruction_loss"] = photometric_l1(recon, img)
             loss = loss + t.weight("reconstruction_loss") * terms["reconstruction_loss"]  # :144-146
             if self.vgg is not None:
                 terms["perceptual_vgg_loss"] = self.vgg(recon, img)
                 loss = loss + t.weight("perceptual_vgg_loss") * terms["perceptual_vgg_loss"]
             self._last = {"img": img, "rendered": rend["rendered_img"], "masked": masked, "recon": recon}
-        return loss, terms, enc
+        extra, extra_terms = self.first_path_extra(batch, enc, rend, recon)
+        terms.update(extra_terms)
+        return loss + extra, terms, enc
+
+    def first_path_masked(self, batch: Mapping[str, Any], rend: Mapping[str, Tensor]) -> Tensor:
+        """The generator's masked image in the first path (smirk_trainer.py:75-96)."""
+        from methods.smirk import masking
+
+        return masking.masked_image(batch["img"], batch["mask"], rend["rendered_img"], rend["transformed_vertices"],
+                                    self.flame.faces, self.probabilities, mask_ratio=self.t.mask_ratio,
+                                    radius=self.t.mask_dilation_radius)
+
+    def generate(self, x: Tensor, feats: Mapping[str, Tensor]) -> Tensor:
+        """The generator on its input `x`; `feats` is the encoder output the input was made from."""
+        return self.generator(x)
+
+    def first_path_extra(self, batch: Mapping[str, Any], enc: Mapping[str, Tensor], rend: Mapping[str, Tensor],
+                         recon: Tensor | None) -> tuple[Tensor | float, dict[str, Tensor]]:
+        """Extra weighted loss and its logged terms in the first path (none for SMIRK). `recon`
+        is the generator's image (None without a generator)."""
+        return 0.0, {}
 
     def cycle_step(self, batch: Mapping[str, Any], enc: Mapping[str, Tensor], freeze_encoder: bool,
                    freeze_generator: bool) -> tuple[Tensor, dict[str, Tensor]]:
@@ -344,23 +401,41 @@ class SmirkTask(TaskBase):
         t = self.t
         img, masks = batch["img"], batch["mask"]
         ke = t.Ke
-        feats = {k: torch.cat(ke * [v.detach()], dim=0) for k, v in enc.items()}  # :193-197
+        feats = self.repeat_outputs(enc, ke)  # :193-197
         aug, _ = augment_expressions(feats, self.templates, use_eyelids=t.use_eyelids)
         with torch.no_grad():  # :251-290
             first = self.render({k: v.detach() for k, v in enc.items()}, landmarks=False)
             second = self.render(aug, landmarks=False)
-            masked = masking.cycle_masked_image(img.repeat(ke, 1, 1, 1), masks.repeat(ke, 1, 1, 1),
-                                                second["rendered_img"],
-                                                first["transformed_vertices"].repeat(ke, 1, 1),
-                                                second["transformed_vertices"], self.flame.faces, self.probabilities,
-                                                mask_ratio=t.mask_ratio, radius=t.mask_dilation_radius)
-        recon = self.generator(masking.generator_input(second["rendered_img"], masked).detach())  # :295
+            masked = self.cycle_masked(img.repeat(ke, 1, 1, 1), masks.repeat(ke, 1, 1, 1), first, second)
+        recon = self.generate(masking.generator_input(second["rendered_img"], masked).detach(), aug)  # :295
         if freeze_generator:
             recon = recon.detach()  # :296-297
         recon_feats = self.encoder(recon)  # :300
-        loss = cycle_loss(recon_feats, aug, t.use_eyelids, with_shape=not freeze_generator)
+        loss = self.cycle_terms(recon_feats, aug, freeze_generator)
         self._last_cycle = {"rendered": second["rendered_img"], "masked": masked, "recon": recon}
         return t.weight("cycle_loss") * loss, {"cycle_loss": loss}
+
+    def repeat_outputs(self, enc: Mapping[str, Tensor], ke: int) -> dict[str, Tensor]:
+        """Detached encoder outputs repeated Ke times along the batch (smirk_trainer.py:193-197)."""
+        return {k: torch.cat(ke * [v.detach()], dim=0) for k, v in enc.items()}
+
+    def cycle_masked(self, img: Tensor, masks: Tensor, first: Mapping[str, Tensor],
+                     second: Mapping[str, Tensor]) -> Tensor:
+        """The cycle path's masked image: the image's pixels moved onto the augmented face
+        (smirk_trainer.py:256-290); `first`/`second`: renders of the encoder's and the augmented
+        parameters, img and masks already repeated Ke times."""
+        from methods.smirk import masking
+
+        ke = img.shape[0] // first["transformed_vertices"].shape[0]
+        return masking.cycle_masked_image(img, masks, second["rendered_img"],
+                                          first["transformed_vertices"].repeat(ke, 1, 1),
+                                          second["transformed_vertices"], self.flame.faces, self.probabilities,
+                                          mask_ratio=self.t.mask_ratio, radius=self.t.mask_dilation_radius)
+
+    def cycle_terms(self, recon_feats: Mapping[str, Tensor], aug: Mapping[str, Tensor],
+                    freeze_generator: bool) -> Tensor:
+        """The unweighted cycle loss (smirk_trainer.py:307-314)."""
+        return cycle_loss(recon_feats, aug, self.t.use_eyelids, with_shape=not freeze_generator)
 
     def training_step(self, batch: Any, step: int) -> Mapping[str, float]:
         batch = {k: (v.to(self.run.device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
@@ -396,7 +471,7 @@ class SmirkTask(TaskBase):
                     self.generator_opt.step()
             finally:
                 _freeze(self.generator, False)
-                for part in ("pose", "shape", "expression"):
+                for part in self.encoder_parts:
                     _freeze(getattr(self.encoder, f"{part}_encoder"), not self.optimised[part])
             logs.update({k: float(v.detach()) for k, v in terms2.items()})
         return logs
