@@ -86,6 +86,10 @@ class TrainingTask(Protocol):
     extra state, no export). Order of calls, once per process: `setup`, `modules`,
     `configure_optimizers`; then per epoch `train_loader(epoch)` and per batch
     `training_step`; `val_loader`/`validation_step` and `visualize` at their cadence.
+    Optional, not part of the protocol's check: `on_epoch_start(epoch)`, called before each
+    epoch's `train_loader` (not again for an epoch a run resumes in the middle of; TaskBase
+    has a no-op), e.g. to reset an optimiser's state as a trainer that re-creates its
+    optimisers every epoch does (`fbench.train.reset_optimizer_state`).
     """
 
     def setup(self, run: "RunContext") -> None:
@@ -157,8 +161,65 @@ class PipelinePlugin:
 
 
 @dataclass(frozen=True)
+class TrainOption:
+    """A method-specific option of `fbench train <method>` that sets one config key.
+
+    `TrainOption("--skip-missing", "train.skip_missing", "...", is_flag=True)` adds the flag
+    `--skip-missing`, which sets `train.skip_missing: true`. A typed value has the precedence of
+    every typed option (over `-o` and `--config`); an option left out changes nothing. `choices`
+    restricts the value; `path` makes it a filesystem path (not checked for existence)."""
+
+    flag: str
+    key: str
+    help: str
+    choices: tuple[str, ...] | None = None
+    is_flag: bool = False
+    path: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.flag.startswith("--") or len(self.flag) < 3 or not self.key:
+            raise ValueError(f"TrainOption {self.flag!r} -> {self.key!r}: a --long flag and a config key")
+        if self.is_flag and (self.choices or self.path):
+            raise ValueError(f"TrainOption {self.flag}: a flag takes no choices or path")
+
+
+@dataclass(frozen=True)
+class TrainStages:
+    """A method trained in stages, each a normal run (e.g. SMIRK's pretraining then core training).
+
+    `TrainStages("--phase", "train.phase", ("pretrain", "core"))` adds `--phase
+    pretrain|core|both` to `fbench train <method>`, setting the config key `train.phase`. One
+    stage name is a single run in RUN/. The `all` value runs every stage in order into
+    RUN/<stage>/, each later stage starting from the network weights of the previous stage's
+    checkpoints/last.pt (the loop's `init`); `--resume` skips finished stages and continues the
+    unfinished one (fbench/train/stages.py)."""
+
+    flag: str
+    key: str
+    names: tuple[str, ...]
+    all: str = "both"
+
+    def __post_init__(self) -> None:
+        if not self.flag.startswith("--") or not self.key or not self.names:
+            raise ValueError(f"TrainStages {self.flag!r} -> {self.key!r}: a --long flag, a config key, stage names")
+        if len(set(self.names)) != len(self.names) or self.all in self.names:
+            raise ValueError(f"TrainStages {self.flag}: stage names {self.names} must be distinct and differ from "
+                             f"{self.all!r}")
+        bad = [n for n in self.names if not n or "/" in n or n.startswith(".")]
+        if bad:
+            raise ValueError(f"TrainStages {self.flag}: stage names {bad} cannot be folder names")
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return (*self.names, self.all)
+
+
+@dataclass(frozen=True)
 class MethodPlugin:
-    """A reconstruction method (SMIRK, TEASER, FIELDS, ...)."""
+    """A reconstruction method (SMIRK, TEASER, FIELDS, ...).
+
+    `train_options` and `train_stages` add method-specific options to `fbench train <method>`
+    (see TrainOption, TrainStages)."""
 
     name: str
     summary: str
@@ -168,6 +229,8 @@ class MethodPlugin:
     task: Callable[[Any], TrainingTask] | None = None  # None: the method cannot be trained by fbench
     checkpoint_asset: str | None = None  # name in fbench.assets of its released checkpoint
     save: Callable[[Any, Path], Path] | None = None  # write a model as a checkpoint `from_checkpoint` reads
+    train_options: tuple[TrainOption, ...] = ()  # method-specific `fbench train` options
+    train_stages: TrainStages | None = None  # a method trained in stages (`--phase both`)
 
 
 @dataclass(frozen=True)

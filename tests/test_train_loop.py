@@ -404,3 +404,87 @@ def test_gradients_accumulated_again_after_a_sync_are_averaged_again(monkeypatch
         w.sum().backward()  # accumulated in place: 2
         D.sync_gradients([w])  # (2 + 1) / 2 = 1.5
         assert torch.allclose(w.grad, torch.full((3,), 1.5))
+
+
+# ------------------------------------------------------------ method options, stages, epoch hook
+
+
+def _task_state(run: Path) -> dict:
+    return load_checkpoint(run / "checkpoints" / "last.pt")["task"]
+
+
+def test_a_run_of_all_stages_chains_them_and_resumes_in_the_second(toy_cli, tmp_path, one_torch_thread):
+    import json
+
+    import yaml
+
+    common = ["-o", "loop.progress=false", "-o", "loop.log_every=1", "-o", "loop.checkpoint_every=2",
+              "-o", "loop.max_steps=4"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    r = toy_cli("stagedtoy", "--step", "both", "--out", str(full), *common)
+    assert r.exit_code == 0, r.output
+    assert json.loads((full / "stages.json").read_text()) == {"stages": ["1", "2"], "init": "", "done": ["1", "2"]}
+    assert not (full / "checkpoints").exists()  # each stage is a run folder of its own
+    for stage in ("1", "2"):
+        saved = yaml.safe_load((full / stage / "config.yaml").read_text())
+        assert saved["step"] == stage and saved["run"]["stage"] == stage and saved["run"]["stages"] == ["1", "2"]
+    assert f"stage 2 (2/2): from {full / '1' / 'checkpoints' / 'last.pt'}" in r.output
+    assert "its modules ['aux'] are not in this task: skipped" in r.output
+    # stage 2 began from stage 1's last weights (network weights only: a fresh Adam)
+    first = load_checkpoint(full / "1" / "checkpoints" / "last.pt")["modules"]["model"]["1.weight"]
+    second = _task_state(full / "2")
+    assert second["start"] == first.flatten().tolist() and second["adam_steps"][0] == 0
+    assert set(load_checkpoint(full / "2" / "checkpoints" / "last.pt")["modules"]) == {"model"}
+    # the same run (the stage value given as -o), stopped in stage 2's third step, after its checkpoint at 2
+    with pytest.raises(train_support.StopTraining):
+        toy_cli("stagedtoy", "-o", "step=both", "--out", str(part), *common, "-o", "crash_at=2")
+    assert json.loads((part / "stages.json").read_text())["done"] == ["1"]
+    r = toy_cli("stagedtoy", "--out", str(part), "--resume", "-o", "crash_at=-1")
+    assert r.exit_code == 0, r.output
+    assert f"stage 1 (1/2): finished, skipped ({part / '1'})" in r.output
+    assert "stage 2 (2/2): resuming" in r.output and "at step 2 (epoch 0, batch 2)" in r.output
+    assert f"config: {part / '2' / 'config.yaml'} (the run's own)" in r.output
+    _same_run(full / "1", part / "1")
+    _same_run(full / "2", part / "2")
+    assert json.loads((part / "stages.json").read_text())["done"] == ["1", "2"]
+    r = toy_cli("stagedtoy", "--out", str(part), "--resume")
+    assert r.exit_code == 0 and r.output.count("finished, skipped") == 2
+    r = toy_cli("stagedtoy", "--step", "2", "--out", str(part), "--resume")
+    assert r.exit_code == 2 and "holds a run of all stages" in r.output
+    r = toy_cli("stagedtoy", "--step", "both", "--out", str(tmp_path / "none"), "--resume")
+    assert r.exit_code == 1 and "is not a staged run to resume" in r.output
+
+
+def test_one_stage_is_a_plain_run_and_method_options_set_their_keys(toy_cli, tmp_path, one_torch_thread):
+    import yaml
+
+    run = tmp_path / "one"
+    r = toy_cli("stagedtoy", "--step", "2", "--out", str(run), "-o", "loop.max_steps=1", "-o", "loop.progress=false",
+                "--gain", "2.5", "--note-file", "notes/a.txt", "-o", "reset_adam=true", "--no-reset-adam",
+                "-o", "gain=7")
+    assert r.exit_code == 0, r.output
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    # typed options win over -o; free text is read as YAML (a float), a path stays text
+    assert saved["step"] == "2" and saved["gain"] == 2.5 and saved["note"] == "notes/a.txt"
+    assert saved["reset_adam"] is False
+    assert (run / "checkpoints" / "last.pt").is_file() and not (run / "stages.json").exists()
+    r = toy_cli("stagedtoy", "--help")
+    assert "--step [1|2|both]" in r.output and "--reset-adam / --no-reset-adam" in r.output
+
+
+@pytest.mark.parametrize("stop", [4, 3], ids=["mid-epoch", "epoch-end"])
+def test_an_epoch_start_hook_resets_adam_and_resumes_exactly(toy_cli, tmp_path, one_torch_thread, stop):
+    # 7 steps of 3 per epoch; the hook runs once per epoch start, also after a resume at an epoch's
+    # start (stop 3), never twice for an epoch resumed in its middle (stop 4)
+    common = ["--step", "1", "-o", "loop.progress=false", "-o", "loop.log_every=1", "-o", "loop.checkpoint_every=1"]
+    for reset in (False, True):
+        full, part = tmp_path / f"full{reset}", tmp_path / f"part{reset}"
+        flag = ["--reset-adam"] if reset else []
+        assert toy_cli("stagedtoy", "--out", str(full), *common, *flag, "-o", "loop.max_steps=7").exit_code == 0
+        state = _task_state(full)
+        assert state["epochs_started"] == [0, 1, 2]
+        assert state["adam_steps"] == ([0, 1, 2, 0, 1, 2, 0] if reset else list(range(7)))
+        assert toy_cli("stagedtoy", "--out", str(part), *common, *flag, "-o", f"loop.max_steps={stop}").exit_code == 0
+        r = toy_cli("stagedtoy", "--out", str(part), "--resume", "-o", "loop.max_steps=7")
+        assert r.exit_code == 0 and "resuming" in r.output, r.output
+        _same_run(full, part)

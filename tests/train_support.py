@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fbench.plugins import MethodPlugin
+from fbench.plugins import MethodPlugin, TrainOption, TrainStages
 from fbench.train import RunContext, TaskBase, sync_gradients
 
 TRUE_W = torch.linspace(-1, 1, 24).reshape(3, 8)
@@ -135,12 +135,74 @@ class ToyTask(_OneModel):
         return [save_checkpoint(out / "toy.pt", {"model": self.model.state_dict()})]
 
 
+@dataclass
+class StagedToyConfig(ToyConfig):
+    step: str = "1"  # the stage: "1" trains `model` with an extra module `aux`, "2" `model` alone
+    reset_adam: bool = False  # clear the Adam state at every epoch start (on_epoch_start)
+    crash_at: int = -1  # raise StopTraining in stage 2's step of this index (a stop mid-stage)
+    gain: float = 1.0  # a free-text TrainOption
+    note: str = ""  # a path TrainOption
+
+
+class StopTraining(RuntimeError):
+    """The staged toy's simulated interruption."""
+
+
+class StagedToyTask(ToyTask):
+    """The toy in two stages (`--step 1|2|both`). `state_dict` keeps the weights `model` had when
+    the stage began (`start`) and the Adam step counts seen at each step (`adam_steps`)."""
+
+    config: StagedToyConfig
+
+    def __init__(self, config: StagedToyConfig) -> None:
+        super().__init__(config)
+        self.aux = nn.Linear(3, 3) if config.step == "1" else None
+        self.start: list[float] = []
+        self.adam_steps: list[int] = []
+        self.epochs_started: list[int] = []
+
+    def modules(self) -> Mapping[str, nn.Module]:
+        return {"model": self.model, **({"aux": self.aux} if self.aux is not None else {})}
+
+    def on_epoch_start(self, epoch: int) -> None:
+        from fbench.train import reset_optimizer_state
+
+        self.epochs_started.append(epoch)
+        if self.config.reset_adam:
+            reset_optimizer_state(self.opt)
+
+    def training_step(self, batch: Any, step: int) -> Mapping[str, float]:
+        if not self.start:
+            self.start = self.model[1].weight.detach().flatten().tolist()
+        if self.config.step == "2" and step == self.config.crash_at:
+            raise StopTraining(f"stopped in stage 2 at step {step}")
+        state = self.opt.state.get(self.model[1].weight, {})
+        self.adam_steps.append(int(state["step"]) if "step" in state else 0)
+        return super().training_step(batch, step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "start": list(self.start), "adam_steps": list(self.adam_steps),
+                "epochs_started": list(self.epochs_started), "gain": self.config.gain}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.start, self.adam_steps = list(state["start"]), list(state["adam_steps"])
+        self.epochs_started = list(state["epochs_started"])
+
+
 def _unavailable(*args: Any) -> Any:
     raise NotImplementedError("the toy method trains only")
 
 
 TOY = MethodPlugin(name="toy", summary="a linear toy model (tests)", config=ToyConfig, build=_unavailable,
                    from_checkpoint=_unavailable, task=ToyTask)
+STAGED_TOY = MethodPlugin(
+    name="stagedtoy", summary="the toy in two stages (tests)", config=StagedToyConfig, build=_unavailable,
+    from_checkpoint=_unavailable, task=StagedToyTask,
+    train_options=(TrainOption("--reset-adam", "reset_adam", "Clear Adam's state every epoch.", is_flag=True),
+                   TrainOption("--gain", "gain", "A number (free text, read as YAML)."),
+                   TrainOption("--note-file", "note", "A path.", path=True)),
+    train_stages=TrainStages("--step", "step", ("1", "2")))
 UNTRAINABLE = MethodPlugin(name="frozen", summary="a method without a training task (tests)", config=ToyConfig,
                            build=_unavailable, from_checkpoint=_unavailable, task=None)
 
@@ -151,7 +213,7 @@ def mount(methods: Mapping[str, MethodPlugin] | None = None) -> dict[str, Any]:
 
     from fbench.registry import SPECS, Registry
 
-    methods = methods or {"toy": TOY, "frozen": UNTRAINABLE, "shardtoy": SHARD_TOY}
+    methods = methods or {"toy": TOY, "frozen": UNTRAINABLE, "shardtoy": SHARD_TOY, "stagedtoy": STAGED_TOY}
     module = sys.modules[__name__].__name__
     for attr, plugin in methods.items():
         globals()[f"_plugin_{attr}"] = plugin

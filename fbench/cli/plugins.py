@@ -4,12 +4,21 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from fbench.cli.options import CONTEXT, config_options, dataset_root, flame_option, load_command_config, user_errors
+from fbench.cli.options import (
+    CONTEXT,
+    config_options,
+    dataset_root,
+    explicit_options,
+    flame_option,
+    load_command_config,
+    user_errors,
+)
 from fbench.plugins import BenchmarkPlugin, MethodPlugin
 from fbench.registry import PluginError, registry
 from fbench.shards.reader import ShardReadError
@@ -82,20 +91,71 @@ def train_config_class(method_config: type) -> type:
     return cls
 
 
-def train_command(method: MethodPlugin) -> click.Command:
-    """`fbench train <method>` from a method's config and training task."""
-    name = method.name
+def _train_option_decorators(method: MethodPlugin) -> list[tuple[str, str, Callable]]:
+    """(click parameter name, config key, decorator) for the method's TrainOptions."""
+    out = []
+    for i, opt in enumerate(method.train_options):
+        dest = f"train_option_{i}"
+        if opt.is_flag:
+            decorator = click.option(f"{opt.flag}/--no-{opt.flag[2:]}", dest, default=None, help=opt.help)
+        elif opt.path:
+            decorator = click.option(opt.flag, dest, type=click.Path(path_type=Path), default=None, help=opt.help)
+        else:
+            decorator = click.option(opt.flag, dest, default=None, help=opt.help,
+                                     type=click.Choice(opt.choices) if opt.choices else str)
+        out.append((dest, opt.key, decorator))
+    return out
 
-    @click.command(name, context_settings=CONTEXT,
-                   help=f"Train {name}: {method.summary}\n\n"
-                        "Writes RUN_DIR/config.yaml (resolved settings, `loop` for the training loop), "
-                        "checkpoints/last.pt, metrics.csv, summary.json and images/. Rerun with --resume after "
-                        "a stop: it continues from the last checkpoint exactly.\n\n"
-                        f"\b\nExamples:\n  fbench train {name}\n"
-                        f"  fbench train {name} --shards shards/ --out runs/{name} -o loop.max_steps=20000\n"
-                        f"  fbench train {name} --out runs/{name} --resume\n"
-                        f"  fbench train {name} --init runs/{name}-pre/checkpoints/last.pt --out runs/{name}-core\n"
-                        f"  torchrun --nproc_per_node 2 -m fbench train {name} --device cuda")
+
+def _stage_selection(stages: Any, typed: str | None, overrides: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+    """The stage value chosen (the typed flag, else an `-o KEY=<all>` override) and the overrides
+    without that one (the `all` value is no value of the config key)."""
+    if typed is not None:
+        return typed, overrides
+    prefix = f"{stages.key}="
+    values = [o[len(prefix):].strip() for o in overrides if o.startswith(prefix)]
+    if values and values[-1] == stages.all:
+        return stages.all, tuple(o for o in overrides if not o.startswith(prefix))
+    return None, overrides
+
+
+def train_command(method: MethodPlugin) -> click.Command:
+    """`fbench train <method>` from a method's config and training task, with the method's own
+    options (`train_options`) and stages (`train_stages`: one stage is a normal run in RUN/, the
+    `all` value runs each stage into RUN/<stage>/, fbench/train/stages.py)."""
+    name = method.name
+    stages = method.train_stages
+    extra_options = _train_option_decorators(method)
+    staged_help = "" if stages is None else (
+        f"\n\n{stages.flag} {stages.all} runs the stages {', '.join(stages.names)} in order into RUN_DIR/<stage>/, "
+        "each starting from the previous stage's network weights; --resume then skips the finished stages and "
+        "continues the unfinished one.")
+    staged_example = "" if stages is None else (
+        f"\n  fbench train {name} {stages.flag} {stages.all} --out runs/{name}"
+        f"\n  fbench train {name} --out runs/{name} --resume   # a {stages.flag} {stages.all} run too")
+
+    def command_help() -> str:
+        return (f"Train {name}: {method.summary}\n\n"
+                "Writes RUN_DIR/config.yaml (resolved settings, `loop` for the training loop), "
+                "checkpoints/last.pt, metrics.csv, summary.json and images/. Rerun with --resume after "
+                "a stop: it continues from the last checkpoint exactly." + staged_help + "\n\n"
+                f"\b\nExamples:\n  fbench train {name}\n"
+                f"  fbench train {name} --shards shards/ --out runs/{name} -o loop.max_steps=20000\n"
+                f"  fbench train {name} --out runs/{name} --resume\n"
+                f"  fbench train {name} --init runs/{name}-pre/checkpoints/last.pt --out runs/{name}-core"
+                + staged_example + "\n"
+                f"  torchrun --nproc_per_node 2 -m fbench train {name} --device cuda")
+
+    def add_method_options(f: Callable) -> Callable:
+        for _, _, decorator in reversed(extra_options):
+            f = decorator(f)
+        if stages is not None:
+            f = click.option(stages.flag, "train_stage", type=click.Choice(stages.choices), default=None,
+                             help=f"Stage to train (config key {stages.key}); {stages.all}: every stage in order, "
+                                  f"into RUN_DIR/<stage>/.")(f)
+        return f
+
+    @click.command(name, context_settings=CONTEXT, help=command_help())
     @click.option("--shards", type=click.Path(file_okay=False, path_type=Path), default=Path("shards"),
                   show_default=True, help="Shard root (`fbench prep --out` writes <root>/<dataset>/<split>/).")
     @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -105,15 +165,16 @@ def train_command(method: MethodPlugin) -> click.Command:
     @click.option("--init", "init", type=click.Path(dir_okay=False, path_type=Path), default=None,
                   help="Start from the network weights of another run's checkpoint (fresh optimisers, step 0).")
     @click.option("--device", default=None, help="cpu, cuda, cuda:1 or auto (config key loop.device; default auto).")
+    @add_method_options
     @flame_option
     @config_options
     @user_errors(ValueError, ShardReadError)
     @click.pass_context
     def command(ctx: click.Context, shards: Path, out: Path | None, resume: bool, init: Path | None,
-                device: str | None, flame: Path | None, config_path: Path | None, overrides: tuple[str, ...]) -> None:
-        from fbench.config import save_config
-        from fbench.train import train
+                device: str | None, flame: Path | None, config_path: Path | None, overrides: tuple[str, ...],
+                train_stage: str | None = None, **options: Any) -> None:
         from fbench.train.distributed import env_world
+        from fbench.train.stages import mark_stage_done, plan_stages, staged_record
 
         if method.task is None:
             raise click.ClickException(f"{name}: this method plugin has no training task; it can be "
@@ -123,33 +184,93 @@ def train_command(method: MethodPlugin) -> click.Command:
         main_rank = env_world()[0] == 0
         say = (lambda s: click.echo(s, err=True)) if main_rank else (lambda s: None)
         out = out if out is not None else Path("runs") / name
-        if resume and config_path is None and (out / "config.yaml").is_file():
-            config_path = out / "config.yaml"
-            say(f"config: {config_path} (the run's own)")
-        config = load_command_config(train_config_class(method.config), config_path, overrides,
-                                     {"loop.device": device} if device is not None else None)
-        if resume:  # the run's own shards and FLAME unless typed again
-            recorded = config.run if isinstance(config.run, dict) else {}
-            if ctx.get_parameter_source("shards") == click.core.ParameterSource.DEFAULT and recorded.get("shards"):
-                shards = Path(recorded["shards"])
-            if flame is None and recorded.get("flame"):
-                flame = Path(recorded["flame"])
-        say(f"shards: {shards.resolve()}" + ("" if shards.is_dir() else " (no such folder yet: `fbench prep "
-                                                                          "<dataset> --out` writes there)"))
-        say(f"run: {out.resolve()}")
+        import yaml
 
-        def write_config(run: Any) -> None:
-            facts = {"method": name, "shards": str(shards), "out": str(out), "flame": str(flame or ""),
-                     "init": str(init or ""), "resumed": resume, "device": str(run.device),
-                     "world_size": run.world_size, **run.notes}
-            save_config(dataclasses.replace(config, run=facts), out / "config.yaml")
+        typed = {}
+        for option, (dest, key, _) in zip(method.train_options, extra_options):
+            for key, value in explicit_options(ctx, {dest: key}).items():
+                # a path as text; free text parsed as YAML, as `-o key=value` is
+                typed[key] = str(value) if option.path else value if option.is_flag or option.choices \
+                    else yaml.safe_load(value)
+        shards_typed = ctx.get_parameter_source("shards") != click.core.ParameterSource.DEFAULT
+        if device is not None:
+            typed["loop.device"] = device
+        run = functools.partial(_train_run, method, say=say, shards=shards, shards_typed=shards_typed, flame=flame)
 
-        result = train(lambda: method.task(config), config.loop, out, shards=shards, flame=flame, resume=resume,
-                       init=init, save_config=write_config, echo=say)
-        say(f"{name}: {result.step} steps; checkpoint {result.last_checkpoint}; metrics {out / 'metrics.csv'}"
-            + "".join(f"; exported {p}" for p in result.exported))
+        def own_config(path: Path | None) -> Path | None:  # a resumed run's config unless --config is given
+            if not resume or config_path is not None:
+                return config_path
+            if path is not None:
+                say(f"config: {path} (the run's own)")
+            return path
+
+        def single(typed: dict[str, Any]) -> None:
+            path = own_config(out / "config.yaml" if (out / "config.yaml").is_file() else None)
+            run(out, resume=resume, init=init, overrides=overrides, typed=typed, config_path=path, recorded=resume)
+
+        if stages is None:
+            single(typed)
+            return
+        chosen, overrides = _stage_selection(stages, train_stage, overrides)
+        if chosen is None and resume and staged_record(out) is not None:
+            chosen = stages.all  # `--resume` of a run of all stages
+        if chosen != stages.all:
+            if chosen is not None:
+                typed[stages.key] = chosen
+                if resume and staged_record(out) is not None:
+                    raise click.UsageError(f"{out} holds a run of all stages ({out / 'stages.json'}): resume it with "
+                                           f"{stages.flag} {stages.all} (or none), or one stage with --out "
+                                           f"{out}/{chosen}")
+            single(typed)
+            return
+        plans = plan_stages(out, stages.names, resume, init, write=main_rank)  # every rank, rank 0 writes
+        for plan in plans:
+            label = f"stage {plan.name} ({plan.index + 1}/{len(plans)})"
+            if plan.done:
+                say(f"{label}: finished, skipped ({plan.out})")
+                continue
+            say(f"{label}: " + ("resuming" if plan.resume else
+                                f"from {plan.init}" if plan.init is not None else "from scratch") + f" in {plan.out}")
+            run(plan.out, resume=plan.resume, init=plan.init, overrides=overrides,
+                typed={**typed, stages.key: plan.name}, config_path=own_config(plan.resume_config()), recorded=resume,
+                stage={"stage": plan.name, "stages": list(stages.names)})
+            if main_rank:
+                mark_stage_done(out, plan.name)
+        say(f"{name}: stages {', '.join(stages.names)} done in {out}")
 
     return command
+
+
+def _train_run(method: MethodPlugin, out: Path, *, resume: bool, init: Path | None, overrides: tuple[str, ...],
+               typed: dict[str, Any], config_path: Path | None, recorded: bool, say: Callable[[str], None],
+               shards: Path, shards_typed: bool, flame: Path | None, stage: dict[str, Any] | None = None) -> None:
+    """One training run into `out` (a single run, or one stage of a staged run). `recorded`: take
+    the shards and FLAME recorded in the config's `run` section unless typed (a resumed run's)."""
+    from fbench.config import save_config
+    from fbench.train import train
+
+    name = method.name
+    config = load_command_config(train_config_class(method.config), config_path, overrides, typed)
+    if recorded:  # the run's own shards and FLAME unless typed again
+        facts = config.run if isinstance(config.run, dict) else {}
+        if not shards_typed and facts.get("shards"):
+            shards = Path(facts["shards"])
+        if flame is None and facts.get("flame"):
+            flame = Path(facts["flame"])
+    say(f"shards: {shards.resolve()}" + ("" if shards.is_dir() else " (no such folder yet: `fbench prep "
+                                                                      "<dataset> --out` writes there)"))
+    say(f"run: {out.resolve()}")
+
+    def write_config(run: Any) -> None:
+        facts = {"method": name, "shards": str(shards), "out": str(out), "flame": str(flame or ""),
+                 "init": str(init or ""), "resumed": resume, "device": str(run.device),
+                 "world_size": run.world_size, **(stage or {}), **run.notes}
+        save_config(dataclasses.replace(config, run=facts), out / "config.yaml")
+
+    result = train(lambda: method.task(config), config.loop, out, shards=shards, flame=flame, resume=resume,
+                   init=init, save_config=write_config, echo=say)
+    say(f"{name}: {result.step} steps; checkpoint {result.last_checkpoint}; metrics {out / 'metrics.csv'}"
+        + "".join(f"; exported {p}" for p in result.exported))
 
 
 # ------------------------------------------------------------------------------------- eval

@@ -14,9 +14,10 @@ from fbench.train.loop import (
     TaskBase,
     TrainResult,
     read_train_checkpoint,
+    reset_optimizer_state,
     seed_everything,
     train,
 )
 
 __all__ = ["CHECKPOINT_KIND", "LoopConfig", "RunContext", "TaskBase", "TrainResult", "read_train_checkpoint",
-           "seed_everything", "sync_gradients", "train"]
+           "reset_optimizer_state", "seed_everything", "sync_gradients", "train"]

@@ -15,7 +15,11 @@ same parameters as an uninterrupted one, bit for bit on the CPU:
   rank's RNG states, and the data position (epoch, batches read in it);
 - resuming reseeds the epoch, rebuilds its loader, reads and drops the batches already
   trained on (exact for any loader, at the cost of reading them again), then restores
-  the RNG states saved with the checkpoint.
+  the RNG states saved with the checkpoint;
+- a task's `on_epoch_start(epoch)` hook runs after the epoch's reseed and before its loader,
+  once per epoch: a run resumed at an epoch's start calls it, one resumed mid-epoch does not
+  (its effect is in the checkpoint). What it changes must live in the modules, optimisers or
+  task state (e.g. SMIRK's `--official-optimizer-reset` clears the generator's Adam state).
 """
 
 from __future__ import annotations
@@ -127,6 +131,17 @@ class TaskBase:
     def export(self, out: Path) -> list[Path]:
         return []
 
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called at the start of every epoch, before its loader (not again when a run resumes
+        mid-epoch); changes must live in modules, optimisers or `state_dict` to resume exactly."""
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Forget an optimiser's per-parameter state (Adam's moments and step counts): what
+    re-creating it over the same parameters does. Its param groups (learning rates, which the
+    loop's schedules own) and its hooks (the data-parallel gradient averaging) stay."""
+    optimizer.state.clear()
+
 
 @dataclass
 class TrainResult:
@@ -225,19 +240,25 @@ def _checkpoint_path(out: Path) -> Path:
 
 
 def _load_modules(modules: Mapping[str, torch.nn.Module], states: Mapping[str, Any], path: Path,
-                  require_all: bool) -> list[str]:
+                  require_all: bool) -> tuple[list[str], list[str]]:
+    """Load `states` into `modules` by name, strictly per module. `require_all` (a resume): the
+    names must match exactly. Otherwise (an init) modules the checkpoint lacks keep their
+    weights and checkpoint modules this task lacks are skipped, but at least one must match.
+    Returns (task modules without weights, checkpoint modules skipped)."""
     unknown = sorted(set(states) - set(modules))
-    if unknown:
+    if unknown and (require_all or len(unknown) == len(states)):
         raise CheckpointError(f"{path}: modules {unknown} are not in this task (it has {sorted(modules)})")
     missing = sorted(set(modules) - set(states))
     if missing and require_all:
         raise CheckpointError(f"{path}: no weights for modules {missing}")
     for name, state in states.items():
+        if name not in modules:
+            continue
         try:
             modules[name].load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise CheckpointError(f"{path}: module {name!r} does not match ({str(exc).splitlines()[0]})") from None
-    return missing
+    return missing, unknown
 
 
 def read_train_checkpoint(path: Path) -> dict[str, Any]:
@@ -267,7 +288,8 @@ def train(make_task: Callable[[], Any], loop: LoopConfig, out: str | Path, *, sh
     are a function of `loop.seed`) and return where the run ended.
 
     `resume` continues from `out/checkpoints/last.pt`; `init` starts from the module weights of
-    another run's checkpoint (fresh optimisers, step 0). `save_config(run)` writes the
+    another run's checkpoint (fresh optimisers, step 0; modules matched by name, those on one
+    side only are said and skipped). `save_config(run)` writes the
     resolved config (rank 0, before the first step). Under torchrun every rank runs this;
     rank 0 writes the files."""
     out = Path(out)
@@ -297,7 +319,9 @@ def _train(make_task: Callable[[], Any], loop: LoopConfig, out: Path, device: to
     modules = dict(task.modules())
     for module in modules.values():
         module.to(device)
-    optimizers = dict(task.configure_optimizers())  # once per run (our choice; SMIRK re-creates them per epoch)
+    optimizers = dict(task.configure_optimizers())  # once per run (our choice; SMIRK re-creates them per epoch,
+    # which a task reproduces in its on_epoch_start hook with reset_optimizer_state)
+    epoch_start = getattr(task, "on_epoch_start", None)  # optional (TaskBase has it)
 
     # epoch length and run length
     per_epoch = loop.steps_per_epoch
@@ -347,8 +371,9 @@ def _train(make_task: Callable[[], Any], loop: LoopConfig, out: Path, device: to
             say(f"the run has done its {total} steps; raise -o loop.max_steps to train on")
     elif init is not None:
         data = read_train_checkpoint(Path(init))
-        missing = _load_modules(modules, data["modules"], Path(init), require_all=False)
-        say(f"initial weights from {init}" + (f" (modules {missing} keep their fresh weights)" if missing else ""))
+        missing, skipped = _load_modules(modules, data["modules"], Path(init), require_all=False)
+        say(f"initial weights from {init}" + (f" (modules {missing} keep their fresh weights)" if missing else "")
+            + (f" (its modules {skipped} are not in this task: skipped)" if skipped else ""))
     D.broadcast_state(modules.values())
     hooks = [D.average_gradients_before_step(opt) for opt in optimizers.values()] if D.active() else []
 
@@ -432,6 +457,8 @@ def _train(make_task: Callable[[], Any], loop: LoopConfig, out: Path, device: to
     try:
         while step < total:
             seed_everything(epoch_seed(loop.seed, epoch, info.rank))
+            if not skip and epoch_start is not None:  # a mid-epoch resume already has its effect
+                epoch_start(epoch)
             loader = task.train_loader(epoch)
             batches = iter(loader)
             for _ in range(skip):  # data already trained on before the checkpoint

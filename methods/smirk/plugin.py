@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from fbench.plugins import MethodPlugin
+from fbench.plugins import MethodPlugin, TrainOption, TrainStages
 
 # Official loss weights per phase: configs/config_pretrain.yaml:36-45 and configs/config_train.yaml:30-39
 # (georgeretsi/smirk at c7de404). MICA stays listed; fbench has no MICA model, so its weight is
@@ -42,6 +42,9 @@ class SmirkTrainConfig:
     workers: int = 8  # config_train.yaml:14
     samples_per_epoch: int = 50000  # config_train.yaml:23 (an epoch is samples_per_epoch // batch_size steps)
     skip_missing: bool = False  # ours: train on the datasets present, weights renormalised (recorded)
+    # the official trainer re-creates the generator's Adam every epoch (base_trainer.py:57-62, train.py:48);
+    # fbench creates optimisers once unless this is set
+    official_optimizer_reset: bool = False
     augment: bool = True  # SMIRK's image augmentations (methods.smirk.augment)
     mask_ratio: float = 0.01  # config_train.yaml:18
     mask_dilation_radius: int = 10  # config_train.yaml:19
@@ -142,4 +145,14 @@ METHOD = MethodPlugin(
     task=_task,
     checkpoint_asset="smirk-checkpoint",
     save=save,
+    train_options=(
+        TrainOption("--skip-missing", "train.skip_missing",
+                    "Train on the datasets of the SMIRK mix that have shards, their weights renormalised "
+                    "(recorded in config.yaml); without it a missing dataset is an error naming it.", is_flag=True),
+        TrainOption("--official-optimizer-reset", "train.official_optimizer_reset",
+                    "Reset the generator's Adam state at every epoch start, as the official trainer does by "
+                    "re-creating it (fbench keeps it by default).", is_flag=True),
+    ),
+    # pretraining (config_pretrain.yaml) then core training (config_train.yaml); both: RUN/pretrain, RUN/core
+    train_stages=TrainStages("--phase", "train.phase", ("pretrain", "core")),
 )

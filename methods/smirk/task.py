@@ -27,12 +27,16 @@ Optimisers (base_trainer.py:28-66): Adam on the optimised encoder parts at 0.25 
 on the generator at lr with betas (0.5, 0.999), created once. The official trainer's cosine
 schedule restarted each epoch with eta_min 0.01 lr (base_trainer.py:54-66, train.py:48) is the
 loop's `-o loop.schedule=cosine_epoch` (min_lr_factor 0.01 is the loop's default).
+`--official-optimizer-reset` (`train.official_optimizer_reset`) reproduces the official
+per-epoch re-creation of the generator's Adam (below): `on_epoch_start` clears its state.
 
 Our choices (differences from the official code):
-- the official `configure_optimizers` re-creates the generator's Adam every epoch (it tests
+- the official `configure_optimizers`, called at every epoch start (train.py:47-48), keeps the
+  encoder's Adam (base_trainer.py:39-41) but re-creates the generator's (it tests
   `hasattr(self, 'fuse_generator_optimizer')` but stores `smirk_generator_optimizer`,
-  base_trainer.py:58-62), resetting its moments; fbench creates it once (no
-  `--official-optimizer-reset` is offered);
+  base_trainer.py:58-62), resetting its moments and step counts; fbench creates it once and
+  keeps its state, unless `--official-optimizer-reset` is given (then its state is cleared at
+  every epoch start, which equals a re-created Adam: its learning rate is the schedule's);
 - the freezing alternates on the loop's global step (the official code uses the batch index
   within the epoch; the same parity when steps per epoch are even);
 - encoder parts the phase does not optimise are frozen from the start (officially they get
@@ -292,6 +296,13 @@ class SmirkTask(TaskBase):
             self.generator_opt = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=tuple(self.t.generator_betas))
             opts["generator"] = self.generator_opt
         return opts
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """`--official-optimizer-reset`: the generator's Adam starts every epoch afresh (base_trainer.py:57-62)."""
+        from fbench.train import reset_optimizer_state
+
+        if self.t.official_optimizer_reset and self.generator is not None:
+            reset_optimizer_state(self.generator_opt)
 
     # --------------------------------------------------------------------------------- data
 
