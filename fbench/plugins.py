@@ -1,9 +1,10 @@
 """The plugin types every registry holds, and the protocols methods and benchmarks meet.
 
 - `PipelinePlugin` (group `fbench.pipelines`): a dataset pipeline, mounted as
-  `fbench prep <name>` (stage "prep") or `fbench fit-flame <name>` (stage "fit").
-  The plugin object is light: its `command` is built lazily by `make_command`, so listing
-  pipelines or filtering them by stage never imports a pipeline's readers.
+  `fbench prep <name>` (stage "prep") and/or `fbench fit-flame <name>` (stage "fit").
+  The plugin object is light: it holds one command maker per stage and builds a stage's
+  command on first use (`command_for`), so listing pipelines or filtering them by stage
+  never imports a pipeline's readers.
 - `MethodPlugin` (group `fbench.methods`): `build(config) -> Reconstructor`,
   `from_checkpoint(path) -> Reconstructor`, `task(config) -> TrainingTask`.
 - `BenchmarkPlugin` (group `fbench.benchmarks`): `evaluate(method, data_root, out_dir, config)`.
@@ -15,8 +16,8 @@ tests/test_contracts.py run every installed plugin through its protocol.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # keep `import fbench.plugins` free of torch
@@ -137,27 +138,48 @@ class TrainingTask(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PipelinePlugin:
-    """A dataset pipeline: `fbench prep <name>` or `fbench fit-flame <name>`.
+    """A dataset pipeline with one command per stage it offers: `fbench prep <name>` (stage
+    "prep") and/or `fbench fit-flame <name>` (stage "fit"); BP4D has both (fit the 3D scans,
+    then prep the 2D frames joined to those fits).
 
-    `make_command` returns the click command; it is called on first use of `command`,
-    so a pipeline module can declare its plugin without importing its readers.
+    `commands` maps each stage to a function returning its click command; a stage's maker is
+    called on first use of `command_for(stage)` and its command kept, so a pipeline module can
+    declare its plugin without importing its readers, and listing or filtering by stage
+    (`stages`) imports nothing. Plugins compare by identity (each is one registry entry).
     """
 
     name: str
     summary: str
-    stage: str
-    make_command: Callable[[], Any] = field(repr=False)  # -> click.Command
+    commands: Mapping[str, Callable[[], Any]] = field(repr=False)  # stage -> () -> click.Command
     synth: str | None = None  # the `fbench synth` dataset that writes this pipeline's layout
+    _built: dict[str, Any] = field(default_factory=dict, init=False, repr=False)  # stage -> command, once made
 
     def __post_init__(self) -> None:
-        if self.stage not in PIPELINE_STAGES:
-            raise ValueError(f"pipeline {self.name!r}: stage must be one of {PIPELINE_STAGES}, got {self.stage!r}")
+        stages = dict(self.commands)
+        unknown = [s for s in stages if s not in PIPELINE_STAGES]
+        if not stages or unknown:
+            raise ValueError(f"pipeline {self.name!r}: commands must map stages from {PIPELINE_STAGES} to command "
+                             f"makers, got stages {sorted(stages) or 'none'}")
+        bad = [s for s, maker in stages.items() if not callable(maker)]
+        if bad:
+            raise ValueError(f"pipeline {self.name!r}: the command maker of stage(s) {bad} is not callable")
+        ordered = {s: stages[s] for s in PIPELINE_STAGES if s in stages}
+        object.__setattr__(self, "commands", MappingProxyType(ordered))
 
-    @cached_property  # stored in the instance's __dict__, so it works on a frozen dataclass
-    def command(self) -> Any:  # click.Command
-        return self.make_command()
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages this pipeline offers, in PIPELINE_STAGES order (e.g. ("prep", "fit"))."""
+        return tuple(self.commands)
+
+    def command_for(self, stage: str) -> Any:  # click.Command
+        """The click command of `stage` (built on first use, then the same object)."""
+        if stage not in self.commands:
+            raise KeyError(f"pipeline {self.name!r} has no {stage!r} command (its stages: {', '.join(self.stages)})")
+        if stage not in self._built:
+            self._built[stage] = self.commands[stage]()
+        return self._built[stage]
 
 
 @dataclass(frozen=True)

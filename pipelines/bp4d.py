@@ -39,14 +39,14 @@ from fbench.cli.fit import FitSpec, fit_command
 from fbench.fitting.runner import DatasetError, residual_stats, select_existing, strided
 from fbench.fitting.scan import ScanFitConfig, ScanFrame, fit_scan_subject
 from fbench.fitting.scan_io import read_landmarks_3d, read_scan
-from fbench.fitting.store import FitStore, SequenceFit, UnsafeNameError, check_name
+from fbench.fitting.store import FitStore, SequenceFit, check_name
 from fbench.flame import FLAME
 from fbench.geometry import MeshError
 from fbench.shards import safe_relpath
+from pipelines.bp4d_layout import TASKS, find_subjects
 
 log = logging.getLogger("fbench.pipelines.bp4d")
 
-TASKS = tuple(f"T{i}" for i in range(1, 9))
 MESH_SUFFIXES = (".obj", ".wrl", ".ply")
 FRAME_RE = re.compile(r"^(?P<frame>\d+)\.(?P<ext>obj|wrl|ply)$", re.IGNORECASE)
 
@@ -80,20 +80,6 @@ class ScanRef:
     frame: int
     mesh: Path
     landmarks: Path | None
-
-
-def find_subjects(root: Path) -> list[str]:
-    if not root.is_dir():
-        raise DatasetError(f"{root}: not a directory")
-    out = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            check_name(d.name, "subject")
-        except UnsafeNameError as exc:
-            log.warning("skipping %s: %s", d, exc)
-            continue
-        out.append(d.name)
-    return out
 
 
 def find_scans(root: Path, subject: str, tasks: list[str], patterns: list[str]) -> dict[str, list[ScanRef]]:

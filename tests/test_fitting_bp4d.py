@@ -57,7 +57,7 @@ def run(data: SynthResult, tmp_path_factory: pytest.TempPathFactory, flame_dir: 
     out = tmp_path_factory.mktemp("bp4d_fits")
     args = ["--root", str(root), "--out", str(out), "--flame", str(flame_dir), "--tasks",
             ",".join(sorted(set(picks.values()))), "--no-progress", *FAST]
-    result = CliRunner().invoke(BP4D.command, args, catch_exceptions=False)
+    result = CliRunner().invoke(BP4D.command_for("fit"), args, catch_exceptions=False)
     return {"out": out, "args": args, "result": result, "broken": wrl[1], "picks": picks}
 
 
@@ -79,14 +79,14 @@ def test_cli_fits_both_formats_and_logs_failures(run) -> None:
 def test_rerun_resumes(run) -> None:
     parts = sorted((run["out"] / ".parts").rglob("*.h5"))
     before = {p: p.stat().st_mtime_ns for p in parts}
-    result = CliRunner().invoke(BP4D.command, run["args"], catch_exceptions=False)
+    result = CliRunner().invoke(BP4D.command_for("fit"), run["args"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert {p: p.stat().st_mtime_ns for p in parts} == before
 
 
 def test_plugin_protocol_and_help() -> None:
     assert check_plugin(SPECS["pipelines"], "bp4d", BP4D) == []
-    result = CliRunner().invoke(BP4D.command, ["--help"])
+    result = CliRunner().invoke(BP4D.command_for("fit"), ["--help"])
     assert result.exit_code == 0 and "fbench fit-flame bp4d --root" in result.output
 
 

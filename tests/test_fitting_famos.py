@@ -50,7 +50,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, flame_dir: Path):
     templates = out / "templates"
     args = ["--root", str(root), "--out", str(out), "--flame", str(flame_dir), "--sequences", ",".join(clean),
             "--stride", "5", "--export-templates", str(templates), "--no-progress", *FAST]
-    result = CliRunner().invoke(FAMOS.command, args, catch_exceptions=False)
+    result = CliRunner().invoke(FAMOS.command_for("fit"), args, catch_exceptions=False)
     return {"root": root, "gt_root": shared.root, "out": out, "templates": templates, "args": args,
             "result": result, "broken": broken, "sequences": clean}
 
@@ -111,7 +111,7 @@ def test_templates_follow_smirks_layout(run) -> None:
 def test_rerun_resumes_without_refitting(run) -> None:
     parts = sorted((run["out"] / ".parts").rglob("*.h5"))
     before = {p: p.stat().st_mtime_ns for p in parts}
-    result = CliRunner().invoke(FAMOS.command, run["args"], catch_exceptions=False)
+    result = CliRunner().invoke(FAMOS.command_for("fit"), run["args"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert {p: p.stat().st_mtime_ns for p in parts} == before
     fits, failures, _ = read_fits(run["out"])
@@ -120,12 +120,12 @@ def test_rerun_resumes_without_refitting(run) -> None:
 
 def test_plugin_protocol_and_help() -> None:
     assert check_plugin(SPECS["pipelines"], "famos", FAMOS) == []
-    result = CliRunner().invoke(FAMOS.command, ["--help"])
+    result = CliRunner().invoke(FAMOS.command_for("fit"), ["--help"])
     assert result.exit_code == 0 and "fbench fit-flame famos --root" in result.output
 
 
 def test_root_without_registrations_is_a_clear_error(tmp_path: Path, flame_dir: Path) -> None:
     (tmp_path / "data" / "FaMoS_subject_001" / "jaw").mkdir(parents=True)
-    result = CliRunner().invoke(FAMOS.command, ["--root", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+    result = CliRunner().invoke(FAMOS.command_for("fit"), ["--root", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
                                           "--flame", str(flame_dir), "--no-progress"])
     assert result.exit_code != 0 and "no FaMoS registrations found" in result.output

@@ -55,9 +55,11 @@ def within(seconds: float, fn, *args):
     return result.get("value")
 
 
-def pipeline_command(name: str):
-    """The click command of a pipeline, from its registry record (independent of installed entry points)."""
-    return getattr(importlib.import_module("pipelines"), name.upper()).command
+def pipeline_command(name: str, stage: str | None = None):
+    """The click command of a pipeline stage (default: its first), from its registry record (independent of
+    installed entry points)."""
+    plugin = getattr(importlib.import_module("pipelines"), name.upper())
+    return plugin.command_for(stage or plugin.stages[0])
 
 
 @pytest.fixture(scope="module")
@@ -398,10 +400,10 @@ def leaf_commands():
             yield prefix, command
 
     yield from walk([], main)
-    for name in ("affectnet", "celeba", "ffhq", "lrs3", "mead"):
-        yield ["prep", name], pipeline_command(name)
+    for name in ("affectnet", "celeba", "ffhq", "lrs3", "mead", "bp4d"):
+        yield ["prep", name], pipeline_command(name, "prep")
     for name in ("famos", "bp4d"):
-        yield ["fit-flame", name], pipeline_command(name)
+        yield ["fit-flame", name], pipeline_command(name, "fit")
 
 
 def bad_value(param) -> str | None:
@@ -615,7 +617,7 @@ def run_cli(code_args: list[str], fsize: int | None = None, timeout: float = 120
     return proc.returncode, proc.stdout + proc.stderr
 
 
-PREP = "from pipelines import AFFECTNET; AFFECTNET.command()"
+PREP = "from pipelines import AFFECTNET; AFFECTNET.command_for('prep')()"
 MAIN = "from fbench.cli import main; main()"
 
 
@@ -643,7 +645,7 @@ def test_flame_decode_into_a_full_out_is_one_line(flame_dir, tmp_path) -> None:
 @pytest.mark.slow  # a subprocess importing torch; the fast variant is the prep one above
 def test_fit_into_a_full_out_is_one_line(flame_dir, tmp_path) -> None:
     root = broken_famos(tmp_path / "FaMoS")
-    rc, output = run_cli(["from pipelines import FAMOS; FAMOS.command()", "--root", str(root), "--out",
+    rc, output = run_cli(["from pipelines import FAMOS; FAMOS.command_for('fit')()", "--root", str(root), "--out",
                           str(tmp_path / "out"), "--flame", str(flame_dir), "--no-progress"], fsize=600)
     assert rc == 1 and "Traceback" not in output and "file too large" in output, output
 

@@ -107,7 +107,9 @@ INSTALLED = [(kind, name) for kind in SPECS for name in registry(kind).names()]
 def _command_of(kind: str, plugin):
     from fbench.cli.plugins import eval_command, train_command
 
-    return {"pipelines": lambda p: p.command, "methods": train_command, "benchmarks": eval_command}[kind](plugin)
+    if kind == "pipelines":
+        return [plugin.command_for(stage) for stage in plugin.stages]
+    return [{"methods": train_command, "benchmarks": eval_command}[kind](plugin)]
 
 
 @pytest.mark.parametrize("kind, name", INSTALLED)
@@ -115,9 +117,9 @@ def test_installed_plugin_follows_its_protocol(kind, name):
     plugin = registry(kind).get(name)  # raises PluginError naming every protocol violation
     assert isinstance(plugin, PLUGIN_TYPES[kind])
     assert isinstance(plugin.summary, str) and plugin.summary
-    command = _command_of(kind, plugin)
-    assert isinstance(command, click.Command) and command.name == name
-    assert "Example" in (command.help or ""), f"{kind} {name}: --help needs an example"
+    for command in _command_of(kind, plugin):
+        assert isinstance(command, click.Command) and command.name == name
+        assert "Example" in (command.help or ""), f"{kind} {name}: --help needs an example"
 
 
 def _fake_plugin_module(monkeypatch, **plugins) -> str:
@@ -133,8 +135,9 @@ def _fake_command() -> None:
     click.echo("fake ran")
 
 
-def _fake_pipeline(name: str, stage: str = "prep") -> PipelinePlugin:
-    return PipelinePlugin(name=name, summary="a fake dataset", stage=stage, make_command=lambda: _fake_command)
+def _fake_pipeline(name: str, *stages: str) -> PipelinePlugin:
+    return PipelinePlugin(name=name, summary="a fake dataset",
+                          commands={stage: (lambda: _fake_command) for stage in stages or ("prep",)})
 
 
 def test_registry_loads_and_validates_plugins(monkeypatch):
@@ -156,8 +159,12 @@ def test_registry_loads_and_validates_plugins(monkeypatch):
         reg.get("missing")
     with pytest.raises(PluginError, match="no pipeline named 'nope'"):
         reg.get("nope")
-    with pytest.raises(ValueError, match="stage must be one of"):
-        _fake_pipeline("bad", stage="train")
+    with pytest.raises(ValueError, match="must map stages from"):
+        _fake_pipeline("bad", "train")
+    with pytest.raises(ValueError, match="must map stages from"):
+        PipelinePlugin(name="none", summary="x", commands={})
+    with pytest.raises(ValueError, match="not callable"):
+        PipelinePlugin(name="bad", summary="x", commands={"prep": "pipelines.x:command"})
 
 
 def test_pipeline_commands_are_built_lazily_and_once():
@@ -167,15 +174,21 @@ def test_pipeline_commands_are_built_lazily_and_once():
         calls.append(1)
         return _fake_command
 
-    plugin = PipelinePlugin(name="lazy", summary="x", stage="fit", make_command=make)
-    assert calls == []
-    assert plugin.command is plugin.command is _fake_command and calls == [1]
+    @click.command("lazy-prep")
+    def prep_command() -> None: ...
+
+    plugin = PipelinePlugin(name="lazy", summary="x", commands={"fit": make, "prep": lambda: prep_command})
+    assert calls == [] and plugin.stages == ("prep", "fit")  # PIPELINE_STAGES order, whatever the mapping's
+    assert plugin.command_for("fit") is plugin.command_for("fit") is _fake_command and calls == [1]
+    assert plugin.command_for("prep") is prep_command and calls == [1]  # one stage's maker is not another's
+    with pytest.raises(KeyError, match="has no 'fit' command"):
+        _fake_pipeline("prep-only").command_for("fit")
 
 
 def test_choosing_a_pipeline_by_stage_imports_no_pipeline_module():
     # `fbench prep X` and `fbench list` read the light registry records only.
     code = ("import sys; from fbench.registry import registry; reg = registry('pipelines'); "
-            "stages = {n: reg.get(n).stage for n in reg.names()}; "
+            "stages = {n: ','.join(reg.get(n).stages) for n in reg.names()}; "
             "heavy = sorted(m for m in sys.modules if m.startswith('pipelines.') or m in ('torch', 'cv2')); "
             "print(stages['famos'], stages['affectnet'], heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -188,8 +201,9 @@ def test_cli_mounts_plugins_from_the_registry(monkeypatch):
     import fbench.registry as registry_module
     from fbench.cli import main
 
-    mod = _fake_plugin_module(monkeypatch, good=_fake_pipeline("fake"))
-    fake = Registry(SPECS["pipelines"], [EntryPoint("fake", f"{mod}:good", "fbench.pipelines")])
+    mod = _fake_plugin_module(monkeypatch, good=_fake_pipeline("fake"), both=_fake_pipeline("both", "prep", "fit"))
+    fake = Registry(SPECS["pipelines"], [EntryPoint("fake", f"{mod}:good", "fbench.pipelines"),
+                                         EntryPoint("both", f"{mod}:both", "fbench.pipelines")])
     monkeypatch.setitem(registry_module._REGISTRIES, "pipelines", fake)
     runner = CliRunner()
     assert "fake" in runner.invoke(main, ["prep", "--help"]).output
@@ -198,3 +212,7 @@ def test_cli_mounts_plugins_from_the_registry(monkeypatch):
     result = runner.invoke(main, ["prep", "fake"])
     assert result.exit_code == 0 and "fake ran" in result.output
     assert "a fake dataset" in runner.invoke(main, ["list"]).output
+    assert "both" in runner.invoke(main, ["fit-flame", "--help"]).output  # a two-stage pipeline is in both groups
+    assert "both" in runner.invoke(main, ["prep", "--help"]).output
+    assert "fake ran" in runner.invoke(main, ["fit-flame", "both"]).output
+    assert "[prep, fit]" in runner.invoke(main, ["list"]).output

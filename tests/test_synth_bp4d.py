@@ -97,6 +97,11 @@ def test_layout_matches_data_card(dataset) -> None:
     for rel in kinds["texture"][:2]:
         image = Image.open(root / rel)
         assert image.mode == "RGB" and image.size == (bp4d.TEXTURE_SIZE, bp4d.TEXTURE_SIZE)
+    # The 2D frames: one JPEG per scan, one 2D feature track per (subject, task).
+    assert sorted(r[:-4] for r in kinds["frame_2d"]) == sorted(r[:-4] for r in kinds["texture"])
+    assert len(kinds["features_2d"]) == 2 * len(CARD["tasks"])
+    image = Image.open(root / kinds["frame_2d"][0])
+    assert image.format == "JPEG" and image.mode == "RGB" and image.size == bp4d.FRAME_2D_SIZE
 
 
 def _gt(root: Path) -> tuple[list[str], dict[str, np.ndarray], np.ndarray, np.ndarray]:

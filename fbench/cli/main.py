@@ -61,7 +61,7 @@ def list_plugins() -> None:
         for name in reg.names():
             try:
                 plugin = reg.get(name)
-                stage = f" [{plugin.stage}]" if kind == "pipelines" else ""
+                stage = f" [{', '.join(plugin.stages)}]" if kind == "pipelines" else ""
                 click.echo(f"  {name:<14}{stage} {plugin.summary}")
             except PluginError as exc:
                 click.echo(f"  {name:<14} BROKEN: {exc}")
@@ -393,10 +393,10 @@ def report(folder: Path, out: Path) -> None:
                + ", ".join(str(p) for p in paths.values()))
 
 
-main.add_command(PluginGroup("prep", registry_kind="pipelines", make=lambda p: p.command, stage="prep",
+main.add_command(PluginGroup("prep", registry_kind="pipelines", make=lambda p: p.command_for("prep"), stage="prep",
                              help="Turn a raw dataset into landmark-annotated WebDataset shards.\n\n"
                                   "\b\nExample:\n  fbench prep affectnet --out shards/"))
-main.add_command(PluginGroup("fit-flame", registry_kind="pipelines", make=lambda p: p.command, stage="fit",
+main.add_command(PluginGroup("fit-flame", registry_kind="pipelines", make=lambda p: p.command_for("fit"), stage="fit",
                              help="Fit FLAME to 3D scans or registrations.\n\n"
                                   "\b\nExample:\n  fbench fit-flame famos --stride 10"))
 main.add_command(PluginGroup("train", registry_kind="methods", make=train_command,

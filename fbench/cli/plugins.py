@@ -27,8 +27,8 @@ from fbench.shards.reader import ShardReadError
 class PluginGroup(click.Group):
     """A click group whose subcommands come from one registry, built only when used.
 
-    `make(plugin)` turns a plugin into its command; `stage` keeps only pipelines of that stage
-    (pipeline plugins are light records, so filtering imports no pipeline code)."""
+    `make(plugin)` turns a plugin into its command; `stage` keeps only pipelines offering that
+    stage (pipeline plugins are light records, so filtering imports no pipeline code)."""
 
     def __init__(self, *args: Any, registry_kind: str, make: Callable[[Any], click.Command], stage: str | None = None,
                  **kwargs: Any) -> None:
@@ -40,7 +40,7 @@ class PluginGroup(click.Group):
         if name not in reg:
             return None
         plugin = reg.get(name)
-        return plugin if self.stage is None or plugin.stage == self.stage else None
+        return plugin if self.stage is None or self.stage in plugin.stages else None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = []

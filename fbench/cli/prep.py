@@ -11,6 +11,7 @@ to `OUT/<dataset>/config.yaml` beside the shards.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,6 +32,51 @@ OPTION_KEYS = {"out": "out", "splits": "options.splits", "limit": "options.limit
                "mediapipe_backend": "landmarks.mediapipe_backend", "crop_scale": "landmarks.crop_scale",
                "size": "landmarks.size", "maxcount": "maxcount", "jpeg_quality": "jpeg_quality", "workers": "workers",
                "part": "part", "progress": "progress"}
+
+
+@dataclass(frozen=True)
+class FileOption:
+    """A dataset input beyond the root, `--<name> FILE` (BP4D's `--fits fits.h5`).
+
+    The prep config records it under `options.filters[name]` as (absolute path, SHA-256 prefix of
+    its bytes): it is part of the shards' content, so resuming with another file, or with the same
+    file changed, is refused. `default` is used when the option is not given (relative to the
+    working directory); a folder stands for `folder/<in_folder>`. A missing file is an error that
+    names it and ends with `missing` (what makes the file)."""
+
+    name: str
+    help: str
+    default: Path | None = None
+    in_folder: str | None = None
+    missing: str = ""
+
+    def resolve(self, value: Path | None) -> tuple[str, str]:
+        """(absolute path, content digest) of the file the option names; ClickException when there is none."""
+        import hashlib
+
+        path = Path(value) if value is not None else self.default
+        if path is None:
+            raise click.UsageError(f"--{self.name} FILE is required")
+        if path.is_dir() and self.in_folder:
+            path = path / self.in_folder
+        if not path.is_file():
+            given = "" if value is not None else f" (the default; pass --{self.name} FILE)"
+            raise click.ClickException(f"--{self.name}: {path}{given} is not a file. {self.missing}".rstrip())
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return str(path.resolve()), digest.hexdigest()[:16]
+
+
+def file_filter(options, name: str) -> tuple[Path, str] | None:
+    """(path, digest) of the FileOption `name` recorded in a prep's SourceOptions (None without one)."""
+    value = options.filters.get(name)
+    if not value:
+        return None
+    if len(value) != 2:
+        raise ValueError(f"options.filters.{name}: expected [path, digest], got {list(value)}")
+    return Path(value[0]), value[1]
 
 
 def _csv(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
@@ -138,11 +184,12 @@ def run_prep_command(source: DatasetSource, config) -> None:
 
 
 def prep_command(source: DatasetSource, help: str, choices: Sequence[Choice] = (), annotation_table: bool = False,
-                 examples: Sequence[str] = ()) -> click.Command:
+                 examples: Sequence[str] = (), files: Sequence[FileOption] = ()) -> click.Command:
     """`fbench prep <source.name>`: the standard prep options, the dataset's filter options
-    (`choices`, values checked against the dataset's vocabulary) and, with `annotation_table`,
-    `--annotations TABLE` (per-frame landmarks for video datasets). `examples`: dataset-specific
-    command lines added to the standard examples of --help."""
+    (`choices`, values checked against the dataset's vocabulary), with `annotation_table`
+    `--annotations TABLE` (per-frame landmarks for video datasets), and the dataset's input files
+    beyond the root (`files`, each `--<name> FILE`, reaching the source as `file_filter(options, name)`).
+    `examples`: dataset-specific command lines added to the standard examples of --help."""
     from fbench.shards.prep import PrepConfig
 
     @click.pass_context
@@ -161,6 +208,10 @@ def prep_command(source: DatasetSource, help: str, choices: Sequence[Choice] = (
             explicit["options.filters"] = filters
         config = load_command_config(PrepConfig, config_path, overrides, explicit)
         config = dataclasses.replace(config, root=dataset_root(source.name, root if root is not None else config.root))
+        if files:  # resolved (and digested) now, beside the filters of the config file or options
+            resolved = {option.name: option.resolve(kw.get(option.name)) for option in files}
+            config = dataclasses.replace(config, options=dataclasses.replace(
+                config.options, filters={**config.options.filters, **resolved}))
         if (annotation_table and config.landmarks.landmarks == "annotations"
                 and ANNOTATIONS_FILTER not in config.options.filters):
             click.echo(f"note: {source.name} has no landmark annotations of its own; without --annotations every "
@@ -175,6 +226,10 @@ def prep_command(source: DatasetSource, help: str, choices: Sequence[Choice] = (
                          help="Per-frame 68-point landmarks (HDF5 table with columns path, frame, landmarks68 "
                               "and optional face_visible; a synthetic dataset's fbench_ground_truth.h5 is one): "
                               "they become the annotation landmarks of the videos' frames.")(f)
+    for option in reversed(files):
+        f = click.option(f"--{option.name}", option.name, default=None,
+                         type=click.Path(exists=False, path_type=Path),
+                         help=option.help + (f" [default: {option.default}]" if option.default else ""))(f)
     for choice in reversed(choices):
         f = click.option(f"--{choice.name.replace('_', '-')}", choice.name, default=None,
                          callback=_choice_callback(choice),

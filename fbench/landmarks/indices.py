@@ -15,3 +15,8 @@ SMIRK_MEDIAPIPE_INDICES: tuple[int, ...] = (
     146, 178, 181, 185, 191, 267, 269, 270, 291, 308, 310, 311, 312, 314, 317, 318, 321, 324, 375,
     402, 405, 409, 415,
 )
+
+# The 49-point scheme of BP4D's 2D feature tracks (2DFeatures/<subject>_<task>.mat, pts_2d (49, 2)):
+# iBUG-68 without the 17 jaw-contour points and the two inner mouth corners (60, 64), in iBUG order
+# (brows 17-26, nose 27-35, eyes 36-47, outer mouth 48-59, inner mouth 61-63 and 65-67).
+IBUG49_IN_68: tuple[int, ...] = tuple(i for i in range(17, 68) if i not in (60, 64))

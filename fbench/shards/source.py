@@ -34,7 +34,7 @@ from fbench.shards.keys import resolve_in_root, safe_relpath
 from fbench.shards.media import iter_video_frames, read_image
 
 Kind = Literal["image", "video"]
-ANNOTATION_FORMATS = {"ibug68": 68, "celeba5": 5, "mediapipe478": 478}
+ANNOTATION_FORMATS = {"ibug68": 68, "ibug49": 49, "celeba5": 5, "mediapipe478": 478}
 
 
 PER_FRAME_LABELS = "per_frame"  # labels key of a video's per-frame labels (see SourceItem, frame_labels)
@@ -64,8 +64,9 @@ class SourceItem:
         sample stores `name: value` of its own frame, never the whole table (`frame_labels`).
     annotations: dataset landmarks in source pixels (x, y): (P, 2) for an image, (F, P, 2) per
         frame for a video (all-NaN rows where a frame has none).
-    annotation_format: what the P points are: "ibug68" (AffectNet, FFHQ, 300W order), "celeba5"
-        (eyes, nose, mouth corners), "mediapipe478".
+    annotation_format: what the P points are: "ibug68" (AffectNet, FFHQ, 300W order), "ibug49"
+        (iBUG-68 without jaw contour and inner mouth corners, `fbench.landmarks.indices.IBUG49_IN_68`:
+        BP4D's 2D feature tracks), "celeba5" (eyes, nose, mouth corners), "mediapipe478".
     num_frames: a video's frame count when the dataset knows it (else the runner probes the header).
     """
 

@@ -6,7 +6,18 @@ documented, so the reader accepts both formats written here)::
     <root>/<subject>/<task>/<frame:04d>.obj + .mtl + .png      (even-numbered subjects: OBJ)
     <root>/<subject>/<task>/<frame:04d>.wrl + .png             (odd-numbered subjects: VRML 2.0)
     <root>/<subject>/<task>/<frame:04d>_lmk3d.txt              68 lines "x y z", mm, iBUG-68 order
+    <root>/<subject>/<task>/<frame:04d>.jpg                    the frame's 2D video frame (FRAME_2D_SIZE)
+    <root>/2DFeatures/<subject>_<task>.mat                     the task's 2D landmark track (see below)
     <root>/fbench_ground_truth.h5
+
+The 2D frames (the release's 2D video, one JPEG per frame numbered like the 3D scans, beside
+them as in the release's ``2D+3D`` tree) are photo-like renders (``fbench.synth.faces.render_photo``,
+fbench.render's rasterizer) of the frame's true head: the subject's FLAME head under the frame's
+parameters, the surface the scan samples, seen by a fixed frontal camera with a per-subject
+appearance. ``2DFeatures/<subject>_<task>.mat`` holds, as the release's 2D feature files do, a
+1 x N struct array ``fit`` with fields ``frame`` (the JPEG's frame number + 1: the files index
+frames from 1), ``pts_2d`` (49 x 2 pixels, iBUG-68 without the jaw contour and inner mouth
+corners, ``IBUG49_IN_68``) and ``headPose`` (3 x 1 Euler pitch, yaw, roll in radians).
 
 ``--variant bp4dplus`` writes the landmarks as BP4D+ keeps them instead, in a tree of their own:
 ``<root>/3DFeatures/FacialLandmarks/<subject>_<task>_<frame:04d>.bndplus``, 83 lines "x,y,z" (mm):
@@ -40,8 +51,11 @@ import torch
 from PIL import Image
 
 from fbench.flame import FLAME, FlameParams
+from fbench.landmarks.indices import IBUG49_IN_68
 from fbench.synth import SynthResult
-from fbench.synth.faces import PoseRanges, sample_params, smooth_trajectory
+from fbench.synth.faces import (Appearance, Camera, PoseRanges, background_image, frame_output, render_photo,
+                                sample_params, smooth_trajectory, torch_threads, vertex_albedo)
+from fbench.synth.images import write_jpeg
 from fbench.io import atomic_write_bytes, atomic_write_text
 from fbench.synth.files import choose_corrupted, empty_file, truncate_file
 from fbench.synth.ground_truth import GroundTruthWriter
@@ -56,6 +70,10 @@ LANDMARK_NOISE_MM = 0.5  # per coordinate
 SCAN_VERTICES = 4000
 TEXTURE_SIZE = 64
 UNITS_PER_METRE = 1000.0
+# 2D frames: the release's are 1040 x 1392 (portrait); the miniature keeps the aspect at 15 % of the size.
+FRAME_2D_SIZE = (156, 208)  # width, height
+FACE_2D_PX = 120.0  # face height in the 2D frames
+JPEG_QUALITY = 92
 
 # What each task elicits (BP4D-Spontaneous protocol: T1 interview/amusement, T2 sadness,
 # T3 startle, T4 embarrassment, T5 fear, T6 pain, T7 anger, T8 disgust), in the synthetic
@@ -329,8 +347,40 @@ def bndplus_points(landmarks68: np.ndarray, scan: np.ndarray, rng: np.random.Gen
     return np.concatenate([landmarks68[order], extra])
 
 
+def features_path(subject: str, task: str) -> str:
+    """The release's 2D feature track of one task (relative to the root)."""
+    return f"2DFeatures/{subject}_{task}.mat"
+
+
+def euler_pitch_yaw_roll(global_pose: np.ndarray) -> np.ndarray:
+    """(3,) Euler angles (about x, y, z; radians) of an axis-angle head rotation, as the 2D tracks' headPose."""
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_rotvec(np.asarray(global_pose, dtype=np.float64)).as_euler("xyz")
+
+
+def write_features(path: Path, frames: list[int], points49: list[np.ndarray], poses: list[np.ndarray]) -> None:
+    """A 2D feature track as the release stores it: MATLAB struct array ``fit`` (1 x N) with ``frame`` (the
+    1-based index: JPEG frame number + 1), ``pts_2d`` (49, 2) and ``headPose`` (3, 1)."""
+    from scipy.io import savemat
+
+    fit = np.empty((1, len(frames)), dtype=[("frame", "O"), ("pts_2d", "O"), ("headPose", "O")])
+    for i, (frame, points, pose) in enumerate(zip(frames, points49, poses)):
+        fit[0, i] = (np.array([[frame + 1]], dtype=np.float64), np.asarray(points, dtype=np.float64),
+                     np.asarray(pose, dtype=np.float64).reshape(3, 1))
+    buffer = io.BytesIO()
+    savemat(buffer, {"fit": fit})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, variant: str = "default") -> SynthResult:
-    """Write ``n`` synthetic BP4D subjects (8 tasks x FRAMES_PER_TASK scans each) under ``out``."""
+    """Write ``n`` synthetic BP4D subjects (8 tasks x FRAMES_PER_TASK scans and 2D frames each) under ``out``."""
+    with torch_threads(1):
+        return _write(out, n, seed, corrupt, flame, variant)
+
+
+def _write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, variant: str) -> SynthResult:
     if n < 1:
         raise ValueError(f"need at least one subject, got n={n}")
     if variant not in VARIANTS:
@@ -344,6 +394,9 @@ def write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, variant: str
         "units": "mm", "noise_mm": NOISE_MM, "landmark_noise_mm": LANDMARK_NOISE_MM,
         "landmarks": "68 x 3, iBUG-68 order: FLAME's fixed 3D landmark embedding (landmarks_full)",
         "transform": "4x4 similarity [s R | t]: scan (mm) = s R x_flame (m) + t; per subject",
+        "frame_2d": "the row's 2D frame, <subject>/<task>/<frame:04d>.jpg; landmarks68_2d: its 68 landmarks in "
+                    "pixels ((0, 0) the top-left corner, pixel centres at +0.5); camera_K/R/t: its pinhole camera "
+                    "(OpenCV axes, world -> camera x_cam = R x + t, metres, FLAME's own frame)",
         "flame_model": flame_description(flame),
         "note": "synthetic data: never compare with published BP4D numbers"})
     meshes, landmark_files = [], []
@@ -363,6 +416,13 @@ def write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, variant: str
                           seed=int(rng.integers(2**31)))
         uv_all = cylindrical_uv(topology.points(rest))
         fmt = "obj" if s_idx % 2 == 0 else "wrl"
+        # The 2D frames: a stream of their own, so the scans are as without them.
+        look_rng = np.random.default_rng([seed, s_idx, 0x2D])
+        appearance = Appearance.sample(look_rng)
+        width, height = FRAME_2D_SIZE
+        camera = Camera.looking_at_face(width, height, FACE_2D_PX * float(look_rng.uniform(0.9, 1.1)),
+                                        (width / 2 + float(look_rng.uniform(-6, 6)), height * 0.5))
+        albedo, background = vertex_albedo(flame, appearance), background_image(appearance, 2 * width, 2 * height)
         for task in TASKS:
             spec, jaw_open = TASK_EXPRESSIONS[task]
             template = expression_template(names, spec, task, N_EXP)
@@ -371,6 +431,7 @@ def write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, variant: str
             first = int(rng.integers(1, 900))
             with torch.no_grad():
                 output = device_flame(params)
+            track: tuple[list, list, list] = ([], [], [])
             for k in range(FRAMES_PER_TASK):
                 frame = first + k
                 stem = f"{subject}/{task}/{frame:04d}"
@@ -396,18 +457,28 @@ def write(out: Path, n: int, seed: int, corrupt: int, flame: FLAME, variant: str
                     lmk_rel = f"{stem}_lmk3d.txt"
                     atomic_write_text(out / lmk_rel, format_landmarks(noisy_lmk))
                 row = FlameParams(**{key: v[k:k + 1] for key, v in params.as_dict().items()})
+                photo = render_photo(flame, row, camera, appearance, albedo=albedo, background=background,
+                                     flame_output=frame_output(output, k))
+                write_jpeg(out / f"{stem}.jpg", photo.image, JPEG_QUALITY)
+                for column, value in zip(track, (frame, photo.landmarks68[list(IBUG49_IN_68)],
+                                                 euler_pitch_yaw_roll(params.global_pose[k].numpy()))):
+                    column.append(value)
                 gt.add(f"{subject}_{task}_{frame:04d}", f"{stem}.{fmt}", row, frame=frame, transform=transform,
-                       landmarks=lmk_mm)
+                       landmarks=lmk_mm, frame_2d=np.bytes_(f"{stem}.jpg"),
+                       landmarks68_2d=photo.landmarks68.astype(np.float64), **camera.as_arrays())
                 meshes.append(f"{stem}.{fmt}")
                 landmark_files.append(lmk_rel)
                 frames_total += 1
+            write_features(out / features_path(subject, task), *track)
     corrupted = _corrupt(out, meshes, landmark_files, corrupt, np.random.default_rng([seed, 99]))
     gt.write(out)
-    return SynthResult(root=out, counts={"subjects": n, "tasks": n * len(TASKS), "scans": frames_total},
+    return SynthResult(root=out, counts={"subjects": n, "tasks": n * len(TASKS), "scans": frames_total,
+                                         "frames_2d": frames_total},
                        corrupted=corrupted)
 
 
-CORRUPTIONS = ("truncated", "nan_vertices", "landmarks_short", "empty")
+# The fifth kind damages a 2D frame (its scan stays intact, so the frame has a fit): --corrupt 5 and more.
+CORRUPTIONS = ("truncated", "nan_vertices", "landmarks_short", "empty", "frame_truncated")
 
 
 def _corrupt(out: Path, meshes: list[str], landmark_files: list[str], k: int,
@@ -430,7 +501,11 @@ def _corrupt(out: Path, meshes: list[str], landmark_files: list[str], k: int,
             lines = (out / lmk).read_text().splitlines()
             atomic_write_text(out / lmk, "\n".join(lines[:40]) + "\n")
             done.append(lmk)
-        else:
+        elif kind == "empty":
             empty_file(out / mesh)
             done.append(mesh)
+        else:
+            frame_2d = mesh.rsplit(".", 1)[0] + ".jpg"
+            truncate_file(out / frame_2d, 0.5)
+            done.append(frame_2d)
     return sorted(done)
