@@ -32,7 +32,8 @@ def prep(dataset: str, root: Path, out: Path, n: int, seed: int = 0) -> None:
 
 def relabel_as_bp4d(shards: Path, data_root: Path, out: Path) -> Path:
     """Copy the prepped samples of `shards` into `out/train/bp4d-train-000000.tar` as dataset
-    "bp4d" with labels.fit = the ground-truth expression, jaw and eyelids of each image."""
+    "bp4d" and the labels `fbench prep bp4d --fits` writes (labels.flame, fit_key, fit.converged),
+    the fit being the ground-truth expression, jaw and eyelids of each image."""
     gt = read_ground_truth(data_root)
     by_path = {p: i for i, p in enumerate(gt.paths)}
     target = out / "train" / "bp4d-train-000000.tar"
@@ -47,8 +48,8 @@ def relabel_as_bp4d(shards: Path, data_root: Path, out: Path) -> Path:
             meta = json.loads(sample["json"])
             row = by_path[meta["source_path"]]
             meta["dataset"] = "bp4d"
-            meta["labels"] = {"fit": {"key": gt.keys[row],
-                                      **{f: gt.flame[f][row].tolist() for f in ("expression", "jaw", "eyelids")}}}
+            meta["labels"] = {"fit_key": gt.keys[row], "fit": {"converged": True},
+                              "flame": {f: gt.flame[f][row].tolist() for f in ("expression", "jaw", "eyelids")}}
             sample["json"] = json.dumps(meta).encode()
             writer.write({"__key__": "bp4d_" + key, **sample})
     writer.commit()

@@ -22,40 +22,32 @@ from methods.fields.head import EmotionHead, EmotionHeadConfig, inputs_from_mask
 from methods.fields.model import HEAD_PREFIX, FieldsModel
 from methods.smirk import checkpoint as base_ckpt
 
-BASE_METHOD = "SMIRK"
+BASE_LAYOUT = base_ckpt.SMIRK_LAYOUT
 BASE_RELEASE = "SMIRK.pt"  # what a base run folder exports
-ENCODER_PREFIX = base_ckpt.ENCODER_PREFIX
-GENERATOR_PREFIX = base_ckpt.GENERATOR_PREFIX
 
 
-def split_state(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """(encoder, generator) weights of a flat base-layout dict, their prefixes removed."""
-    enc = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
-    gen = {k[len(GENERATOR_PREFIX):]: v for k, v in state.items() if k.startswith(GENERATOR_PREFIX)}
-    return enc, gen
-
-
-def base_state(path: str | Path) -> dict[str, Tensor]:
+def base_state(path: str | Path, layout=None) -> dict[str, Tensor]:
     """The flat base-layout weights `train.init_from` names (module docstring)."""
+    layout = layout or BASE_LAYOUT
     path = Path(path)
     if path.is_dir():
         for name in (BASE_RELEASE, "FIELDS.pt"):
             if (path / name).is_file():
-                return base_state(path / name)
+                return base_state(path / name, layout)
         last = path / "checkpoints" / "last.pt"
         if not last.is_file():
             raise CheckpointError(f"{path}: a run folder without {BASE_RELEASE}, FIELDS.pt or checkpoints/last.pt")
         from fbench.train.loop import read_train_checkpoint
 
         modules = read_train_checkpoint(last)["modules"]
-        flat = {f"{name}.{k}": v for name, sd in modules.items() for k, v in sd.items()
-                if f"{name}.".startswith((ENCODER_PREFIX, GENERATOR_PREFIX))}
-        if not any(k.startswith(ENCODER_PREFIX) for k in flat):
-            raise CheckpointError(f"{last}: no '{ENCODER_PREFIX[:-1]}' module (modules: {sorted(modules)})")
+        prefixes = (layout.encoder_prefix, layout.generator_prefix)
+        flat = {f"{name}.{k}": v for name, sd in modules.items() if f"{name}." in prefixes for k, v in sd.items()}
+        if not any(k.startswith(layout.encoder_prefix) for k in flat):
+            raise CheckpointError(f"{last}: no '{layout.encoder_prefix[:-1]}' module (modules: {sorted(modules)})")
         return flat
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file or run folder")
-    state = base_ckpt.read_state_dict(path)
+    state = base_ckpt.read_state_dict(path, layout)
     return {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
 
 
@@ -86,12 +78,12 @@ def head_from_state(path: Path, state: Mapping[str, Tensor], n_exp: int, n_shape
 def from_checkpoint(path: str | Path) -> FieldsModel:
     """A FieldsModel (eval mode, fp32) from a FIELDS.pt, loaded strictly."""
     path = Path(path)
-    state = base_ckpt.read_state_dict(path)
+    layout = BASE_LAYOUT
+    state = base_ckpt.read_state_dict(path, layout)
     base = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
-    sizes = base_ckpt.infer_config(path, base)
-    gen = base_ckpt.SmirkGenerator(**sizes["generator"]) if sizes["generator"] else None
-    model = base_ckpt.SmirkModel(base_ckpt.SmirkEncoder(n_exp=sizes["n_exp"], n_shape=sizes["n_shape"]), gen)
-    base_ckpt.check_state_dict(path, model, base)
+    sizes = base_ckpt.infer_config(path, base, layout)
+    model = layout.build(sizes)
+    base_ckpt.check_state_dict(path, model, base, layout)
     model.load_state_dict(base, strict=True)
     head = head_from_state(path, state, sizes["n_exp"], sizes["n_shape"])
     return FieldsModel(model.encoder, model.generator, head).eval()

@@ -10,7 +10,7 @@ All of it is ours (the paper names the datasets only; docs/methods/fields.md):
 - AffectNet: the training split, rows with an emotion class 0-7 (`labels.expression_valid`, as
   EMOCA's `ignore_invalid`); valence/arousal count where annotated (`labels.va_valid`);
 - BP4D: the training split of `fbench prep bp4d --fits fits.h5` shards; each sample's targets are
-  read by `bp4d_targets` (see there for the fields);
+  its fit's `labels.flame` (`bp4d_targets`); fits that did not converge are skipped;
 - the labelled sets keep samples without MediaPipe landmarks (their crop box then comes from FAN
   or the dataset's landmarks, as `methods.smirk.data.prepare_sample` does; their landmark loss is
   skipped by its flag), the base sets require them as SMIRK does.
@@ -46,6 +46,7 @@ class FieldsDataConfig:
     bp4d_fraction: float = 0.25  # FIELDS choice (ours)
     affectnet_fraction: float = 0.25  # FIELDS choice (ours)
     labelled_require_mediapipe: bool = False  # FIELDS choice (ours): labelled rows are too valuable to drop
+    converged_fits_only: bool = True  # FIELDS choice (ours): a fit that did not converge is no ground truth
 
     def __post_init__(self) -> None:
         fr = (self.base_fraction, self.bp4d_fraction, self.affectnet_fraction)
@@ -56,19 +57,23 @@ class FieldsDataConfig:
 # ------------------------------------------------------------------------------------------- targets
 
 
-def bp4d_targets(sample: ShardSample) -> dict[str, np.ndarray] | None:
-    """The FLAME-fit targets a `fbench prep bp4d --fits` sample carries, or None when it has none:
-    {"expression": (E,), "jaw": (3,), "eyelids": (2,) or absent} from `labels.fit` of its JSON
-    (the join key to fits.h5 is `labels.fit.key`)."""
-    fit = (sample.meta.get("labels") or {}).get("fit")
-    if not fit or fit.get("expression") is None or fit.get("jaw") is None:
+def bp4d_targets(sample: ShardSample, converged_only: bool = True) -> dict[str, np.ndarray] | None:
+    """The FLAME-fit targets of a `fbench prep bp4d --fits` sample (pipelines/bp4d_frames.py):
+    {"expression": (E,), "jaw": (3,), "eyelids": (2,)} from `labels.flame` (the fits.h5 row that
+    `labels.fit_key` names), or None when the sample has none or, with `converged_only`, when
+    `labels.fit.converged` is false."""
+    labels = sample.meta.get("labels") or {}
+    flame = labels.get("flame")
+    if not flame or flame.get("expression") is None or flame.get("jaw") is None:
         return None
-    out = {"expression": np.asarray(fit["expression"], np.float32).reshape(-1),
-           "jaw": np.asarray(fit["jaw"], np.float32).reshape(-1)}
-    if fit.get("eyelids") is not None:
-        out["eyelids"] = np.asarray(fit["eyelids"], np.float32).reshape(-1)
+    if converged_only and (labels.get("fit") or {}).get("converged") is False:
+        return None
+    out = {"expression": np.asarray(flame["expression"], np.float32).reshape(-1),
+           "jaw": np.asarray(flame["jaw"], np.float32).reshape(-1)}
+    if flame.get("eyelids") is not None:
+        out["eyelids"] = np.asarray(flame["eyelids"], np.float32).reshape(-1)
     if out["jaw"].shape != (3,) or ("eyelids" in out and out["eyelids"].shape != (2,)):
-        raise ValueError(f"{sample.key}: labels.fit jaw must have 3 values and eyelids 2")
+        raise ValueError(f"{sample.key}: labels.flame jaw must have 3 values and eyelids 2")
     return out
 
 
@@ -105,7 +110,7 @@ class FieldsTransform:
         out["valence"] = torch.tensor(float(labels["valence"]) if has_va else 0.0, dtype=torch.float32)
         out["arousal"] = torch.tensor(float(labels["arousal"]) if has_va else 0.0, dtype=torch.float32)
         out["flag_va"] = has_va
-        targets = bp4d_targets(sample) if dataset == BP4D else None
+        targets = bp4d_targets(sample, self.data.converged_fits_only) if dataset == BP4D else None
         out["flag_gt3d"] = targets is not None
         out["gt_expression"] = torch.from_numpy(_pad(targets["expression"], self.n_exp) if targets
                                                 else np.zeros(self.n_exp, np.float32))

@@ -42,7 +42,9 @@ class FieldsLossConfig:
     gt3d_weight: float = 1.0  # FIELDS choice (ours): 1, the weight of SMIRK's cycle loss on the same parameters
     gt3d_norm: str = "mse"  # FIELDS choice (ours): MSE as SMIRK's cycle loss (fits are least-squares estimates)
     gt3d_jaw_weight: float = 10.0  # FIELDS choice (ours): 10 x, SMIRK's cycle-loss jaw weight (smirk_trainer.py:307-311)
-    gt3d_eyelid_weight: float = 10.0  # FIELDS choice (ours): 10 x, likewise; 0 leaves eyelids unsupervised
+    # FIELDS choice (ours): 0, eyelids unsupervised: fbench's BP4D fits carry no eyelid fit (zeros,
+    # pipelines/bp4d_frames.py); 10 (the cycle loss's) for fits that have them
+    gt3d_eyelid_weight: float = 0.0
     # ---- L_emo (AffectNet samples only)
     emo_weight: float = 1.0  # FIELDS choice (ours)
     emo_class_weight: float = 1.0  # cross-entropy of the 8 classes

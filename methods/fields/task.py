@@ -33,7 +33,6 @@ from torch import Tensor, nn
 from methods.fields.head import EmotionHead
 from methods.fields.losses import base_regulariser, emotion_loss, exaggeration_loss, gt3d_loss
 from methods.smirk.task import SmirkTask as BaseTask
-from methods.smirk.task import _Epoch
 
 
 class FrozenBase(nn.Module):
@@ -92,12 +91,13 @@ class FieldsTask(BaseTask):
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        t = self.t
-        # the paper: only the pose encoder is frozen
-        self.optimised = {"pose": not t.freeze_pose, "shape": True, "expression": True}
         self.head = EmotionHead(config.emotion_head, config.n_exp, config.n_shape)
         self.base = FrozenBase(self.encoder)
-        self.losses = t.losses
+        self.losses = self.t.losses
+
+    def optimised_parts(self) -> dict[str, bool]:
+        """The paper: only the pose encoder is frozen (TEASER's token encoder trains too)."""
+        return {part: part != "pose" or not self.t.freeze_pose for part in self.encoder_parts}
 
     # -------------------------------------------------------------------------------- setup
 
@@ -116,19 +116,17 @@ class FieldsTask(BaseTask):
             self.encoder.pose_encoder.register_forward_pre_hook(_keep_eval)
 
     def _load_initial(self, path: Path) -> None:
-        """`train.init_from`: a release-layout checkpoint, or a run folder (its exported release
-        checkpoint, else its checkpoints/last.pt)."""
+        """`train.init_from`: a release-layout checkpoint of the base (TEASER.pt; a FIELDS.pt's
+        head is ignored), or a run folder (its exported release checkpoint, else its
+        checkpoints/last.pt)."""
         from methods.fields.checkpoint import base_state
 
-        self._load_state(base_state(path))
-
-    def _load_state(self, state: Mapping[str, Tensor]) -> None:
-        from methods.fields.checkpoint import split_state
-
-        enc, gen = split_state(state)
-        if not enc:
-            raise ValueError("train.init_from: no encoder weights to start from")
+        layout = self.checkpoint_layout()
+        state = base_state(path, layout)
+        e, g = layout.encoder_prefix, layout.generator_prefix
+        enc = {k[len(e):]: v for k, v in state.items() if k.startswith(e)}
         self.encoder.load_state_dict({k: v.float() for k, v in enc.items()}, strict=True)
+        gen = {k[len(g):]: v for k, v in state.items() if k.startswith(g)}
         if gen and self.generator is not None:
             self.generator.load_state_dict({k: v.float() for k, v in gen.items()}, strict=True)
 
@@ -139,11 +137,9 @@ class FieldsTask(BaseTask):
         return mods
 
     def _encoder_parameters(self) -> list[nn.Parameter]:
-        """Every encoder parameter but the frozen pose encoder's (TEASER: the token encoder too)."""
-        skip = set()
-        if not self.optimised["pose"]:
-            skip = {id(p) for p in self.encoder.pose_encoder.parameters()}
-        return [p for p in self.encoder.parameters() if id(p) not in skip]
+        """The optimised encoder parts' parameters, in the base's optimiser order."""
+        return [p for part in self.optimiser_order if self.optimised[part]
+                for p in getattr(self.encoder, f"{part}_encoder").parameters()]
 
     def configure_optimizers(self) -> Mapping[str, torch.optim.Optimizer]:
         t = self.t
@@ -163,23 +159,34 @@ class FieldsTask(BaseTask):
 
     # --------------------------------------------------------------------------------- data
 
-    def train_loader(self, epoch: int) -> Iterable[Any]:
-        from fbench.shards.stream import MixedShardDataset
-        from methods.fields.data import FieldsTransform, fields_mix
-        from methods.smirk.data import SmirkDataConfig
+    def mix_sets(self) -> list[Any]:
+        """The base mix plus BP4D and AffectNet in fixed per-batch shares (methods.fields.data)."""
+        from methods.fields.data import fields_mix
 
         t, run = self.t, self.run
         sets, notes = fields_mix(run.shards, t.bp4d_shards or None, t.affectnet_shards or None, t.data,
-                                 skip_missing=t.skip_missing)
+                                 skip_missing=t.skip_missing, base_mix=self._base_mix)
         total = sum(s.weight for s in sets)
         run.notes["data_mix"] = ", ".join(f"{s.name} {s.weight / total:.3f}" for s in sets) \
             + ("; " + "; ".join(notes) if notes else "")
-        transform = FieldsTransform(self.config.n_exp, SmirkDataConfig(augment=t.augment), t.data, train=True)
-        data = MixedShardDataset(sets, transform, batch_size=t.batch_size,
-                                 batches_per_epoch=t.samples_per_epoch // t.batch_size, seed=run.seed)
-        data.set_epoch(epoch)
-        return _Epoch(torch.utils.data.DataLoader(data, batch_size=None, num_workers=t.workers),
-                      t.samples_per_epoch // t.batch_size)
+        return sets
+
+    def _base_mix(self, root: Path, skip_missing: bool = False) -> list[Any]:
+        """The base trainer's mix from `root` (its notes land in the run's notes)."""
+        import dataclasses
+
+        saved = self.run
+        self.run = dataclasses.replace(saved, shards=root)  # the same notes dict
+        try:
+            return super().mix_sets()
+        finally:
+            self.run = saved
+
+    def sample_transform(self) -> Any:
+        from methods.fields.data import FieldsTransform
+        from methods.smirk.data import SmirkDataConfig
+
+        return FieldsTransform(self.config.n_exp, SmirkDataConfig(augment=self.t.augment), self.t.data, train=True)
 
     # --------------------------------------------------------------------------------- steps
 
@@ -207,10 +214,12 @@ class FieldsTask(BaseTask):
                 total = total + c.exaggeration_weight * terms["exaggeration"]
         return total, terms
 
-    def first_path(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
-        loss, terms, enc = super().first_path(batch)
+    def first_path_extra(self, batch: Mapping[str, Any], enc: Mapping[str, Tensor], rend: Mapping[str, Tensor],
+                         recon: Tensor | None) -> tuple[Tensor | float, dict[str, Tensor]]:
+        """The base's extra terms (TEASER's) plus FIELDS'."""
+        loss, terms = super().first_path_extra(batch, enc, rend, recon)
         extra, more = self.fields_losses(batch, enc)
-        return loss + extra, {**terms, **more}, enc
+        return loss + extra, {**terms, **more}
 
     def training_step(self, batch: Any, step: int) -> Mapping[str, float]:
         if not bool(self.base.ready):  # the initial encoder, once per run (module docstring)
