@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fbench.plugins import MethodPlugin
+from fbench.plugins import MethodPlugin, TrainOption, TrainStages
 from methods.fields.config import FieldsConfig
 
 
@@ -48,4 +48,19 @@ METHOD = MethodPlugin(
     task=_task,
     checkpoint_asset=None,  # no released FIELDS weights
     save=save,
+    train_options=(
+        TrainOption("--init-from", "train.init_from",
+                    "The base model to start from: a release-layout checkpoint (TEASER.pt, or a FIELDS.pt whose "
+                    "head is ignored) or a run folder (its exported checkpoint, else checkpoints/last.pt). "
+                    "(--init takes a training checkpoint of this method's own modules.)", path=True),
+        TrainOption("--bp4d-shards", "train.bp4d_shards",
+                    "BP4D frames with FLAME-fit targets (`fbench prep bp4d --fits`); default SHARDS/bp4d.", path=True),
+        TrainOption("--affectnet-shards", "train.affectnet_shards",
+                    "AffectNet crops with labels (`fbench prep affectnet`); default SHARDS/affectnet.", path=True),
+        TrainOption("--skip-missing", "train.skip_missing",
+                    "Train on the parts of the mix that have shards (recorded in config.yaml); without it a "
+                    "missing part is an error naming it.", is_flag=True),
+    ),
+    # FIELDS choice (ours): step 1 synthesizer frozen, step 2 joint at a lower rate; both: RUN/1, RUN/2
+    train_stages=TrainStages("--step", "train.step", ("1", "2")),
 )
