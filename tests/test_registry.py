@@ -112,9 +112,25 @@ def _command_of(kind: str, plugin):
     return [{"methods": train_command, "benchmarks": eval_command}[kind](plugin)]
 
 
-@pytest.mark.parametrize("kind, name", INSTALLED)
+def _declared() -> dict[str, list[EntryPoint]]:
+    """The entry points this tree's pyproject.toml declares, per registry (installed or not yet)."""
+    import tomllib
+
+    groups = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
+    return {kind: [EntryPoint(n, v, spec.group) for n, v in groups.get(spec.group, {}).items()]
+            for kind, spec in SPECS.items()}
+
+
+DECLARED = _declared()
+
+
+@pytest.mark.parametrize("kind, name", sorted(set(INSTALLED) | {(k, ep.name) for k, eps in DECLARED.items()
+                                                                for ep in eps}))
 def test_installed_plugin_follows_its_protocol(kind, name):
-    plugin = registry(kind).get(name)  # raises PluginError naming every protocol violation
+    # declared in pyproject.toml (checked before a reinstall) or installed (a third party's)
+    reg = registry(kind) if name in registry(kind) and name not in {ep.name for ep in DECLARED[kind]} \
+        else Registry(SPECS[kind], DECLARED[kind])
+    plugin = reg.get(name)  # raises PluginError naming every protocol violation
     assert isinstance(plugin, PLUGIN_TYPES[kind])
     assert isinstance(plugin.summary, str) and plugin.summary
     for command in _command_of(kind, plugin):
