@@ -69,6 +69,12 @@ ASSETS: tuple[Asset, ...] = (
     Asset("teaser-checkpoint", "Pretrained TEASER model", ("TEASER.pt",),
           "https://github.com/Pixel-Talk/TEASER (README: pretrained model)", "TEASER licence, research only",
           "comparisons against TEASER", subdir="checkpoints"),
+    Asset("teaser-landmarks-203", "TEASER's 203-point landmark detector and its FLAME embedding",
+          ("landmark.onnx", "203_landmark_embeding_new.npz"),
+          "https://github.com/Pixel-Talk/TEASER (README: Google Drive, '203 landmark model'; the embedding is "
+          "datasets/preprocess_scripts/203_landmark_embeding_new.npz of the repository)",
+          "TEASER licence, research only", "fbench train teaser (203-landmark loss; else disabled, recorded)",
+          subdir="teaser"),
     Asset("mediapipe-face-landmarker", "MediaPipe Tasks FaceLandmarker model", ("face_landmarker.task",),
           "https://developers.google.com/mediapipe/solutions/vision/face_landmarker (model card)", "Apache-2.0",
           "fbench prep (optional; the bundled legacy FaceMesh is the default)", subdir="mediapipe"),

@@ -209,6 +209,15 @@ class TeaserGenerator(SmirkGenerator):
         return torch.sigmoid(self.conv(y))  # generator.py:107
 
 
+def face_masked(img: Tensor, hull_mask: Tensor, rendered_img: Tensor, radius: int) -> Tensor:
+    """TEASER's masked image (masking.py:104-116 `masking_face`): the image outside the hull
+    mask (B, 1, H, W; 0 on the face) dilated by `radius` and outside the rendered face; unlike
+    SMIRK no face pixels are kept (the tokens carry the appearance)."""
+    from methods.smirk import masking
+
+    return img * masking.dilate_face(hull_mask, radius) * (1 - masking.rendered_mask(rendered_img))
+
+
 class TeaserModel(SmirkModel):
     """TEASER as a `Reconstructor`: `encoder` (TeaserEncoder) and, when present, `generator`
     (TeaserGenerator), registered as `teaser_encoder` / `teaser_generator` so the state dict has
@@ -227,8 +236,7 @@ class TeaserModel(SmirkModel):
         sampled pixels (`masking_face`, masking.py:104-116), and the image's own tokens."""
         from methods.smirk import masking
 
-        radius = 10  # test_image.py:181
         rendered_img = rendered["rendered_img"].to(images)
-        masked = images * masking.dilate_face(hull, radius) * (1 - masking.rendered_mask(rendered_img))
+        masked = face_masked(images, hull, rendered_img, radius=10)  # test_image.py:181, 190
         tokens = self.encoder.token_encoder(images)
         return self.generator(masking.generator_input(rendered_img, masked), tokens)
