@@ -70,11 +70,12 @@ def test_two_steps_train_the_right_parts_with_every_fields_term(shards, tmp_path
     initial = FieldsTask(FieldsConfig(generator_init_features=8, generator_res_blocks=1))
     init_enc, init_gen = initial.encoder.state_dict(), initial.generator.state_dict()
     trained = _modules(step1)
-    enc, gen, base = trained["smirk_encoder"], trained["smirk_generator"], trained["fields_base_encoder"]
+    enc, gen, base = trained["teaser_encoder"], trained["teaser_generator"], trained["fields_base_encoder"]
     floats = lambda sd, part: [k for k, v in sd.items() if k.startswith(part) and v.is_floating_point()]  # noqa: E731
     assert all(torch.equal(enc[k], init_enc[k]) for k in floats(enc, "pose_encoder."))  # and its statistics
     assert any(not torch.equal(enc[k], init_enc[k]) for k in floats(enc, "expression_encoder."))
     assert any(not torch.equal(enc[k], init_enc[k]) for k in floats(enc, "shape_encoder."))
+    assert any(not torch.equal(enc[k], init_enc[k]) for k in floats(enc, "token_encoder."))  # TEASER's tokens
     assert all(torch.equal(gen[k], init_gen[k]) for k in gen)  # weights and BatchNorm statistics
     assert bool(base["ready"]) and all(torch.equal(base["encoder." + k], init_enc[k]) for k in floats(init_enc, ""))
     assert any(not torch.equal(v, initial.head.state_dict()[k]) for k, v in trained["fields_emotion_head"].items()
@@ -85,7 +86,7 @@ def test_two_steps_train_the_right_parts_with_every_fields_term(shards, tmp_path
     assert ckpt["optimizers"]["generator"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
     assert ckpt["optimizers"]["encoder"]["param_groups"][0]["lr"] == pytest.approx(0.25e-4)
     after = ckpt["modules"]
-    assert any(not torch.equal(after["smirk_generator"][k], gen[k]) for k in floats(gen, ""))
+    assert any(not torch.equal(after["teaser_generator"][k], gen[k]) for k in floats(gen, ""))
     assert all(torch.equal(after["fields_base_encoder"][k], base[k]) for k in floats(base, ""))
 
     # FIELDS.pt: the trained modules, read back by the plugin; predict_emotion gives probabilities
@@ -93,7 +94,7 @@ def test_two_steps_train_the_right_parts_with_every_fields_term(shards, tmp_path
 
     model = from_checkpoint(step2 / "FIELDS.pt")
     assert all(torch.equal(v, after["fields_emotion_head"][k]) for k, v in model.emotion_head.state_dict().items())
-    assert all(torch.equal(v, after["smirk_encoder"][k]) for k, v in model.encoder.state_dict().items())
+    assert all(torch.equal(v, after["teaser_encoder"][k]) for k, v in model.encoder.state_dict().items())
     out = model.predict_emotion(torch.rand(2, 3, 224, 224))
     assert out["probabilities"].shape == (2, 8) and torch.allclose(out["probabilities"].sum(1), torch.ones(2))
     assert model.reconstruct(torch.rand(2, 3, 224, 224)).expression.shape == (2, 50)

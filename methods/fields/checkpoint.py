@@ -21,9 +21,10 @@ from fbench.io import CheckpointError, atomic_write
 from methods.fields.head import EmotionHead, EmotionHeadConfig, inputs_from_mask
 from methods.fields.model import HEAD_PREFIX, FieldsModel
 from methods.smirk import checkpoint as base_ckpt
+from methods.teaser.checkpoint import TEASER_LAYOUT
 
-BASE_LAYOUT = base_ckpt.SMIRK_LAYOUT
-BASE_RELEASE = "SMIRK.pt"  # what a base run folder exports
+BASE_LAYOUT = TEASER_LAYOUT
+BASE_RELEASE = "TEASER.pt"  # what a `fbench train teaser` run folder exports
 
 
 def base_state(path: str | Path, layout=None) -> dict[str, Tensor]:

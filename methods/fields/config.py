@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 from methods.fields.data import FieldsDataConfig
 from methods.fields.head import EmotionHeadConfig
 from methods.fields.losses import FieldsLossConfig
-from methods.smirk.plugin import SmirkConfig as BaseConfig
-from methods.smirk.plugin import SmirkTrainConfig as BaseTrainConfig
+from methods.teaser.plugin import TeaserConfig as BaseConfig
+from methods.teaser.plugin import TeaserTrainConfig as BaseTrainConfig
 
 STEPS = ("1", "2")
 
 
 @dataclass
 class FieldsTrainConfig(BaseTrainConfig):
-    """`fbench train fields` settings (section `train`): the base trainer's, plus FIELDS'.
+    """`fbench train fields` settings (section `train`): TEASER's trainer's, plus FIELDS'.
 
     The inherited 2D terms keep the base method's official weights (`weight(name)`); the base's
     `lr` is FIELDS' step-1 learning rate of the generator (when trained) and `encoder_lr_scale`
@@ -52,7 +52,7 @@ class FieldsTrainConfig(BaseTrainConfig):
 
 @dataclass
 class FieldsConfig(BaseConfig):
-    """The base model's sizes plus the emotion head's."""
+    """TEASER's model sizes plus the emotion head's."""
 
     emotion_head: EmotionHeadConfig = field(default_factory=EmotionHeadConfig)
     train: FieldsTrainConfig = field(default_factory=FieldsTrainConfig)  # `fbench train fields` only

@@ -15,13 +15,13 @@ from torch import Tensor
 
 from fbench.plugins import ItemRef
 from methods.fields.head import EmotionHead
-from methods.smirk.model import SmirkModel as BaseModel
+from methods.teaser.model import TeaserModel as BaseModel
 
 HEAD_PREFIX = "emotion_head."
 
 
 class FieldsModel(BaseModel):
-    """The base model with `emotion_head` (an `EmotionHead`)."""
+    """TEASER's model (`teaser_encoder`, `teaser_generator`) with `emotion_head` (an `EmotionHead`)."""
 
     def __init__(self, encoder, generator=None, emotion_head: EmotionHead | None = None) -> None:
         super().__init__(encoder, generator)

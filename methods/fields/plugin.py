@@ -12,7 +12,7 @@ def build(config: FieldsConfig | None = None):
     """A freshly initialised FieldsModel (the base's initialisation, a random emotion head)."""
     from methods.fields.head import EmotionHead
     from methods.fields.model import FieldsModel
-    from methods.smirk.plugin import build as build_base
+    from methods.teaser.plugin import build as build_base
 
     c = config or FieldsConfig()
     base = build_base(c)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from methods.fields.head import EmotionHead
 from methods.fields.losses import base_regulariser, emotion_loss, exaggeration_loss, gt3d_loss
-from methods.smirk.task import SmirkTask as BaseTask
+from methods.teaser.task import TeaserTask as BaseTask
 
 
 class FrozenBase(nn.Module):
@@ -96,8 +96,11 @@ class FieldsTask(BaseTask):
         self.losses = self.t.losses
 
     def optimised_parts(self) -> dict[str, bool]:
-        """The paper: only the pose encoder is frozen (TEASER's token encoder trains too)."""
-        return {part: part != "pose" or not self.t.freeze_pose for part in self.encoder_parts}
+        """The paper: only the pose encoder is frozen; TEASER's token encoder trains too (it has a use
+        only with the synthesizer, as in TEASER's trainer)."""
+        parts = {part: part != "pose" or not self.t.freeze_pose for part in self.encoder_parts}
+        parts["token"] = self.generator is not None
+        return parts
 
     # -------------------------------------------------------------------------------- setup
 
