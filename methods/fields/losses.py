@@ -39,7 +39,9 @@ class FieldsLossConfig:
 
     # ---- L_3D-GT (BP4D samples only)
     gt3d: bool = True  # the ablation switch: False trains without L_3D-GT
-    gt3d_weight: float = 1.0  # FIELDS choice (ours): 1, the weight of SMIRK's cycle loss on the same parameters
+    # FIELDS choice (ours): 100, the landmark loss's weight: L_3D-GT shares the first path's optimiser step with the
+    # 2D terms (landmarks x 100, reconstruction x 10); at 1 it was drowned (flat over 120 steps, ablation round 1)
+    gt3d_weight: float = 100.0
     gt3d_norm: str = "mse"  # FIELDS choice (ours): MSE as SMIRK's cycle loss (fits are least-squares estimates)
     gt3d_jaw_weight: float = 10.0  # FIELDS choice (ours): 10 x, SMIRK's cycle-loss jaw weight (smirk_trainer.py:307-311)
     # FIELDS choice (ours): 0, eyelids unsupervised: fbench's BP4D fits carry no eyelid fit (zeros,
