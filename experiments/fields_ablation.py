@@ -21,8 +21,11 @@ AffectNet the emotion head beats chance. Every step is an `fbench` command:
 
 Only configuration differs from FIELDS' defaults (printed and written to ablation.json): the tiny
 generator, no cycle path (`train.cycle_loss=0`: it doubles a step's cost and is the same in both
-arms), batch size, steps, learning rates (the encoder at the full `train.lr`: both arms start from
-scratch, not from a trained base) and the per-batch shares. Without a released TEASER.pt
+arms), batch size, steps, learning rates (the encoder at 0.5 x `train.lr`), the per-batch shares,
+and the pose encoder trained (`train.freeze_pose=false`): both arms start from scratch, not from a
+trained base, and a pose encoder frozen at its random initialisation fixes the camera, so the
+landmark loss can only be met by distorting expression and jaw (what a frozen-pose round gave:
+both arms far worse than a neutral prediction). Without a released TEASER.pt
 both arms start from the same fresh TEASER initialisation (`loop.seed`); the base-model
 regulariser then holds both to that initialisation alike.
 
@@ -64,7 +67,7 @@ def train_options(shards: Path, steps: int, batch_size: int, seed: int, lr: floa
     return ["--shards", str(shards), "--skip-missing", "-o", f"train.batch_size={batch_size}", "-o", "train.workers=0",
             "-o", f"train.samples_per_epoch={steps * batch_size}", "-o", "generator_init_features=8",
             "-o", "generator_res_blocks=1", "-o", "train.cycle_loss=0", "-o", f"train.lr={lr}",
-            "-o", "train.encoder_lr_scale=1.0",
+            "-o", "train.encoder_lr_scale=0.5", "-o", "train.freeze_pose=false",
             "-o", "train.data.base_fraction=0.2", "-o", "train.data.bp4d_fraction=0.4",
             "-o", "train.data.affectnet_fraction=0.4", "-o", f"loop.max_steps={steps}", "-o", f"loop.seed={seed}",
             "-o", "loop.device=cpu", "-o", "loop.progress=false", "-o", "loop.log_every=10",
