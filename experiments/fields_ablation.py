@@ -34,6 +34,7 @@ A stopped run is restarted by running the same command again (training resumes).
 Usage:
     python experiments/fields_ablation.py --out runs/fields_ablation
     python experiments/fields_ablation.py --out /tmp/fa --steps 4 --batch-size 6   # smoke
+    python experiments/fields_ablation.py --out runs/fa2 --steps 100 --init-from runs/fa/runs/no_gt3d  # from a base
 `fbench train fields` / `fbench eval recovery` must be installed entry points (`pip install -e .`);
 `--launcher SCRIPT` runs `python SCRIPT ARGS` instead of `python -m fbench ARGS`.
 """
@@ -63,11 +64,15 @@ def fbench(launcher: list[str], *args: str, log: Path) -> None:
         raise SystemExit(f"`fbench {' '.join(args)}` failed (exit {result.returncode}); see {log}")
 
 
-def train_options(shards: Path, steps: int, batch_size: int, seed: int, lr: float) -> list[str]:
+def train_options(shards: Path, steps: int, batch_size: int, seed: int, lr: float,
+                  init_from: Path | None = None) -> list[str]:
+    """Both arms' options. From scratch the pose encoder trains (frozen at its random
+    initialisation it fixes the camera); from a trained base (`init_from`) it is frozen (the paper)."""
+    base = ["--init-from", str(init_from)] if init_from else ["-o", "train.freeze_pose=false"]
     return ["--shards", str(shards), "--skip-missing", "-o", f"train.batch_size={batch_size}", "-o", "train.workers=0",
             "-o", f"train.samples_per_epoch={steps * batch_size}", "-o", "generator_init_features=8",
             "-o", "generator_res_blocks=1", "-o", "train.cycle_loss=0", "-o", f"train.lr={lr}",
-            "-o", "train.encoder_lr_scale=0.5", "-o", "train.freeze_pose=false",
+            "-o", "train.encoder_lr_scale=0.5", *base,
             "-o", "train.data.base_fraction=0.2", "-o", "train.data.bp4d_fraction=0.4",
             "-o", "train.data.affectnet_fraction=0.4", "-o", f"loop.max_steps={steps}", "-o", f"loop.seed={seed}",
             "-o", "loop.device=cpu", "-o", "loop.progress=false", "-o", "loop.log_every=10",
@@ -157,7 +162,7 @@ def run(args: argparse.Namespace) -> dict:
                    "--landmarks", "detect", "--fan", "off", "--no-progress", log=log)
     timings["data_s"] = round(time.time() - t0, 1)
 
-    options = train_options(shards, args.steps, args.batch_size, args.seed, args.lr)
+    options = train_options(shards, args.steps, args.batch_size, args.seed, args.lr, args.init_from)
     for arm, extra in ARMS.items():
         t0 = time.time()
         run_dir = out / "runs" / arm
@@ -215,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--affectnet", type=int, default=400)
     p.add_argument("--bp4d-subjects", type=int, default=2)
     p.add_argument("--held-out-subjects", type=int, default=3)
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="base model for both arms (TEASER.pt or a run folder); the pose encoder is then frozen")
     p.add_argument("--launcher", default="", help="run `python LAUNCHER ARGS` instead of `python -m fbench ARGS`")
     run(p.parse_args(argv))
     return 0
