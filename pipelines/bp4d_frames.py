@@ -41,7 +41,7 @@ from fbench.cli.prep import FileOption, file_filter
 from fbench.landmarks.indices import IBUG49_IN_68
 from fbench.shards import SourceItem, SourceOptions
 from pipelines.bp4d_layout import TASKS, find_subjects
-from pipelines.common import Choice, PipelineSource, filter_values
+from pipelines.common import Choice, PipelineSource, bad_item, filter_values
 
 log = logging.getLogger("fbench.pipelines.bp4d")
 
@@ -91,14 +91,17 @@ def read_features(path: Path) -> dict[int, np.ndarray]:
 
     try:
         mat = loadmat(path)
-    except (NotImplementedError, ValueError, OSError, TypeError) as exc:  # v7.3 (HDF5) files, truncated files
-        raise ValueError(f"{path}: not a readable MATLAB file ({exc})") from None
+    except Exception as exc:  # scipy's parser fails in many ways on v7.3 (HDF5) or damaged files (IndexError, ...)
+        raise ValueError(f"{path}: not a readable MATLAB file ({type(exc).__name__}: {exc})") from None
     fit = mat.get("fit")
     if fit is None or fit.dtype.names is None or not {"frame", "pts_2d"} <= set(fit.dtype.names):
         raise ValueError(f"{path}: no struct array 'fit' with fields frame and pts_2d")
     out = {}
     for cell in fit.ravel():
-        frame, points = np.ravel(np.asarray(cell["frame"])), np.asarray(cell["pts_2d"], dtype=np.float64)
+        try:
+            frame, points = np.ravel(np.asarray(cell["frame"])), np.asarray(cell["pts_2d"], dtype=np.float64)
+        except (TypeError, ValueError):  # a cell holding something else than numbers: no points for it
+            continue
         if points.shape == (2, FEATURES_POINTS):
             points = points.T
         if frame.size == 1 and points.shape == (FEATURES_POINTS, 2) and np.isfinite(points).all():
@@ -132,7 +135,14 @@ class Bp4dFramesSource(PipelineSource):
                     m = FRAME_RE.match(p.name)
                     if m and p.is_file():
                         found.append((subject, task, int(m["frame"]), f"{subject}/{task}/{p.name}"))
-        found.sort(key=lambda f: f[:3])
+        found.sort(key=lambda f: (f[:3], f[3]))
+        # Two files of one frame (0373.jpg and 373.jpeg): the first is kept, the other is a reject naming both.
+        duplicates, first = [], {}
+        for s, t, f, rel in found:
+            if first.setdefault((s, t, f), rel) != rel and fits.row(s, t, f) is not None:
+                duplicates.append(bad_item(f"duplicate-{s}_{t}_{f}-{len(duplicates)}", "train", rel,
+                                           f"{rel}: a second file of frame {f} of {s}/{t} (kept {first[(s, t, f)]})"))
+        found = [(s, t, f, rel) for s, t, f, rel in found if first[(s, t, f)] == rel]
         kept = [(s, t, f, rel, row) for s, t, f, rel in found if (row := fits.row(s, t, f)) is not None]
         if options.limit is not None:
             kept = kept[: options.limit]
@@ -162,7 +172,7 @@ class Bp4dFramesSource(PipelineSource):
         if not kept:
             raise ValueError(f"{root}: none of the {len(found)} 2D frames has a fit in {given[0]} (e.g. "
                              f"{missing[0]}); was it fitted from this root?")
-        return items
+        return items + duplicates
 
     @staticmethod
     def _track(root: Path, subject: str, task: str, unreadable: list[str]) -> dict[int, np.ndarray]:

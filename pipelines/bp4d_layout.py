@@ -9,27 +9,13 @@ data_cards/bp4d.yaml for what is verified and what is assumed.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from fbench.fitting.runner import DatasetError
-from fbench.fitting.store import UnsafeNameError, check_name
-
-log = logging.getLogger("fbench.pipelines.bp4d")
+from fbench.fitting.runner import named_folders
 
 TASKS = tuple(f"T{i}" for i in range(1, 9))
 
 
 def find_subjects(root: Path) -> list[str]:
     """Subject folders under the root, sorted; names unusable as paths or HDF5 groups are skipped with a warning."""
-    if not root.is_dir():
-        raise DatasetError(f"{root}: not a directory")
-    out = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            check_name(d.name, "subject")
-        except UnsafeNameError as exc:
-            log.warning("skipping %s: %s", d, exc)
-            continue
-        out.append(d.name)
-    return out
+    return named_folders(root, "subject")

@@ -46,8 +46,8 @@ from fbench.fitting.registration import (
     vertex_errors_mm,
 )
 from fbench.cli.fit import FitSpec, fit_command
-from fbench.fitting.runner import DatasetError, select_existing, strided
-from fbench.fitting.store import FitStore, SequenceFit, UnsafeNameError, check_name
+from fbench.fitting.runner import DatasetError, named_folders, select_existing, strided
+from fbench.fitting.store import FitStore, SequenceFit
 from fbench.flame import FLAME, FlameParams
 from fbench.geometry import MeshError, read_mesh
 
@@ -91,31 +91,12 @@ def sequence_frames(seq_dir: Path) -> list[FrameRef]:
 
 def find_subjects(root: Path) -> list[str]:
     """Subject folders holding at least one sequence folder with registrations."""
-    if not root.is_dir():
-        raise DatasetError(f"{root}: not a directory")
-    subjects = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            check_name(d.name, "subject")
-        except UnsafeNameError as exc:
-            log.warning("skipping %s: %s", d, exc)
-            continue
-        if find_sequences(root, d.name):
-            subjects.append(d.name)
-    return subjects
+    return [subject for subject in named_folders(root, "subject") if find_sequences(root, subject)]
 
 
 def find_sequences(root: Path, subject: str) -> list[str]:
-    out = []
-    for d in sorted(p for p in (root / subject).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            check_name(d.name, "sequence")
-        except UnsafeNameError as exc:
-            log.warning("skipping %s: %s", d, exc)
-            continue
-        if any(REGISTRATION_RE.match(p.name) for p in d.iterdir()):
-            out.append(d.name)
-    return out
+    return [seq for seq in named_folders(root / subject, "sequence")
+            if any(REGISTRATION_RE.match(p.name) for p in (root / subject / seq).iterdir())]
 
 
 def registrations_root(root: Path) -> Path:

@@ -92,3 +92,28 @@ def check_crop_pixels(out: Path, dataset: str, root: Path, limit: int = 4) -> fl
         seen += 1
     assert seen >= min(limit, 1)
     return worst
+
+
+# `fbench fit-flame bp4d` settings for tests: few iterations (FAST; seconds per task), or enough for the
+# expression-accuracy proof (ACCURATE; about twice as long).
+BP4D_FIT_FAST = ("-o", "scan.identity_frames=1", "-o", "scan.identity_rounds=1",
+                 "-o", "scan.identity_lbfgs.max_iterations=30", "-o", "scan.frame_rounds=1",
+                 "-o", "scan.lbfgs.max_iterations=20", "-o", "scan.max_points=2000")
+BP4D_FIT_ACCURATE = ("-o", "scan.identity_frames=4", "-o", "scan.identity_rounds=2", "-o", "scan.frame_rounds=1",
+                     "-o", "scan.max_points=2000")
+
+
+def shared_bp4d_fits(tmp_path_factory, root: Path, flame_dir: Path, settings: Sequence[str] = BP4D_FIT_FAST) -> Path:
+    """`fbench fit-flame bp4d` of a synthetic root with `settings`, run once per session and shared (read
+    only): the folder holding its fits.h5."""
+    import hashlib
+
+    from fbench.cli import main
+
+    tag = hashlib.sha1("\0".join([str(root), *settings]).encode()).hexdigest()[:10]
+    out = tmp_path_factory.getbasetemp() / f"shared-bp4d-fits-{tag}"
+    if not (out / "fits.h5").is_file():
+        result = CliRunner().invoke(main, ["fit-flame", "bp4d", "--root", str(root), "--out", str(out), "--flame",
+                                           str(flame_dir), "--no-progress", *settings], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    return out

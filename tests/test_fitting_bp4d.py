@@ -25,9 +25,9 @@ from fbench.synth import SynthResult, bp4d
 from fbench.synth.files import truncate_file
 from fbench.synth.ground_truth import read_ground_truth
 from pipelines import BP4D
+from pipelines_support import BP4D_FIT_FAST
 
-FAST = ["-o", "scan.identity_frames=1", "-o", "scan.identity_rounds=1", "-o", "scan.identity_lbfgs.max_iterations=30",
-        "-o", "scan.frame_rounds=1", "-o", "scan.lbfgs.max_iterations=20", "-o", "scan.max_points=2000"]
+FAST = list(BP4D_FIT_FAST)
 
 
 def shared_bp4d(tmp_path_factory: pytest.TempPathFactory, flame: FLAME) -> SynthResult:

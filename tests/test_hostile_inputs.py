@@ -698,7 +698,7 @@ def test_empty_fit_selection_is_an_error_listing_what_exists(args, message, flam
 
 
 def test_empty_bp4d_selection_is_an_error_listing_what_exists(flame_dir, tmp_path) -> None:
-    command = pipeline_command("bp4d")
+    command = pipeline_command("bp4d", "fit")
 
     root = tmp_path / "BP4D"
     for task in ("T1", "T2"):

@@ -341,12 +341,12 @@ def demo(out: Path, flame: Path | None) -> None:
     pipelines = registry("pipelines")
     affectnet = write_synthetic_dataset("affectnet", out / "data" / "AffectNet", n=16, corrupt=1, flame=model)
     run = lambda command, *args: command.main([str(a) for a in args], standalone_mode=False)  # noqa: E731
-    run(pipelines.get("affectnet").command, "--root", affectnet.root, "--out", out / "shards",
+    run(pipelines.get("affectnet").command_for("prep"), "--root", affectnet.root, "--out", out / "shards",
         "--landmarks", "annotations")
     click.echo(f"[3/6] fbench prep affectnet: shards in {out / 'shards' / 'affectnet'} "
                f"(one file corrupted on purpose, logged in rejects.jsonl)")
     famos = write_synthetic_dataset("famos", out / "data" / "FaMoS", n=1, flame=model)
-    run(pipelines.get("famos").command, "--root", famos.root, "--out", out / "fits", "--stride", 10,
+    run(pipelines.get("famos").command_for("fit"), "--root", famos.root, "--out", out / "fits", "--stride", 10,
         "--export-templates", out / "templates", *(["--flame", flame] if flame else []))
     click.echo(f"[4/6] fbench fit-flame famos: fits in {out / 'fits'}, SMIRK templates in {out / 'templates'}")
 

@@ -208,8 +208,11 @@ def prep_command(source: DatasetSource, help: str, choices: Sequence[Choice] = (
             explicit["options.filters"] = filters
         config = load_command_config(PrepConfig, config_path, overrides, explicit)
         config = dataclasses.replace(config, root=dataset_root(source.name, root if root is not None else config.root))
-        if files:  # resolved (and digested) now, beside the filters of the config file or options
-            resolved = {option.name: option.resolve(kw.get(option.name)) for option in files}
+        if files:  # resolved (and digested) now: typed, else the config's (a run's config.yaml), else the default
+            given = {o.name: kw.get(o.name) if kw.get(o.name) is not None else
+                     (Path(config.options.filters[o.name][0]) if config.options.filters.get(o.name) else None)
+                     for o in files}
+            resolved = {option.name: option.resolve(given[option.name]) for option in files}
             config = dataclasses.replace(config, options=dataclasses.replace(
                 config.options, filters={**config.options.filters, **resolved}))
         if (annotation_table and config.landmarks.landmarks == "annotations"

@@ -27,6 +27,25 @@ def residual_stats(distances: np.ndarray) -> tuple[float, float, float]:
     return float(distances.mean()), float(np.median(distances)), float(distances.max())
 
 
+def named_folders(folder: Path, what: str) -> list[str]:
+    """Sorted names of the non-hidden folders in `folder` that can name outputs and HDF5 groups
+    (`fbench.fitting.store.check_name`); any other is skipped with a warning. DatasetError when
+    `folder` is not a directory. `what` names them in messages ("subject", "sequence")."""
+    from fbench.fitting.store import UnsafeNameError, check_name
+
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: not a directory")
+    out = []
+    for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            check_name(d.name, what)
+        except UnsafeNameError as exc:
+            log.warning("skipping %s: %s", d, exc)
+            continue
+        out.append(d.name)
+    return out
+
+
 def select_existing(requested: list[str] | None, available: list[str], what: str, where: Path | str) -> list[str]:
     """`available` when nothing is requested, else the requested names that exist (a warning for
     each that does not); DatasetError listing what exists when none of them does."""
