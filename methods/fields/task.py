@@ -73,6 +73,7 @@ class _NoStep:
 
     def __init__(self, params: Iterable[nn.Parameter]) -> None:
         self.params = list(params)
+        self.state: dict = {}  # nothing to forget (`-o train.official_optimizer_reset=true` clears it)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
