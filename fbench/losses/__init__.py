@@ -8,11 +8,13 @@
   and recorded, never run with random weights.
 - `regulariser`: mean squared distance to zero or to a base model's prediction.
 - `pcc_loss`, `ccc_loss`: 1 - Pearson / 1 - Lin's concordance correlation, per column.
+- `parameter_loss`: MSE / L1 / smooth-L1 of parameters onto targets only some samples have.
 """
 
 from fbench.losses.correlation import ccc_loss, pcc_loss
 from fbench.losses.image import VGGPerceptualLoss, load_vgg_perceptual, photometric_l1
 from fbench.losses.landmarks import landmark_loss, regulariser
+from fbench.losses.parameters import parameter_loss
 
-__all__ = ["VGGPerceptualLoss", "ccc_loss", "landmark_loss", "load_vgg_perceptual", "pcc_loss", "photometric_l1",
-           "regulariser"]
+__all__ = ["VGGPerceptualLoss", "ccc_loss", "landmark_loss", "load_vgg_perceptual", "parameter_loss", "pcc_loss",
+           "photometric_l1", "regulariser"]
