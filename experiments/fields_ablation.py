@@ -68,7 +68,7 @@ def train_options(shards: Path, steps: int, batch_size: int, seed: int, lr: floa
                   init_from: Path | None = None) -> list[str]:
     """Both arms' options. From scratch the pose encoder trains (frozen at its random
     initialisation it fixes the camera); from a trained base (`init_from`) it is frozen (the paper)."""
-    base = ["--init-from", str(init_from)] if init_from else ["-o", "train.freeze_pose=false"]
+    base = ["-o", f"train.init_from={init_from}"] if init_from else ["-o", "train.freeze_pose=false"]
     return ["--shards", str(shards), "--skip-missing", "-o", f"train.batch_size={batch_size}", "-o", "train.workers=0",
             "-o", f"train.samples_per_epoch={steps * batch_size}", "-o", "generator_init_features=8",
             "-o", "generator_res_blocks=1", "-o", "train.cycle_loss=0", "-o", f"train.lr={lr}",

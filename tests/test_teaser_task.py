@@ -351,3 +351,30 @@ def test_cycle_path_freezes_the_flame_encoders_but_not_the_token_encoder(flame_d
     # the first path runs the encoder twice (the image, then its reconstruction for the token cycle)
     assert modes == {"token": [True, True, True], "expression": [True, True, False]}
     assert all(m.training for m in task.encoder.modules())  # and every step ends in train mode
+
+
+def test_init_takes_a_released_checkpoint_or_a_run_folder(ffhq_shards, tmp_path, monkeypatch,  # noqa: F811
+                                                          teaser_registered, one_torch_thread):
+    # `--init TEASER.pt` (released layout) is read by the method (train.init_from); `--init RUN` is that
+    # run's checkpoints/last.pt, loaded by the loop module by module
+    from methods.teaser.plugin import TeaserConfig, build, save
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("FBENCH_HOME", str(tmp_path / "home"))
+    torch.manual_seed(7)
+    release = save(build(TeaserConfig.tiny()), tmp_path / "TEASER.pt")
+    common = ["train", "teaser", "--shards", str(ffhq_shards), *SMALL, "-o", "train.phase=pretrain",
+              "-o", "loop.max_steps=1"]
+    r = _cli(*common, "--init", str(release), "--out", str(tmp_path / "a"))
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["train"]["init_from"] == str(release)
+    # pretraining does not optimise the token encoder: its weights are still the released ones (its
+    # BatchNorm statistics move in train mode)
+    released = load_checkpoint(release)
+    trained = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["modules"]["teaser_encoder"]
+    tokens = [k for k in trained if k.startswith("token_encoder.") and "running_" not in k and "num_batches" not in k]
+    assert tokens and all(torch.equal(trained[k], released[f"teaser_encoder.{k}"].float()) for k in tokens)
+    r = _cli(*common, "--init", str(tmp_path / "a"), "--out", str(tmp_path / "b"))
+    assert r.exit_code == 0 and "initial weights from" in r.output and "last.pt" in r.output, r.output
+    r = _cli(*common, "--init", str(tmp_path / "home"), "--out", str(tmp_path / "c"))
+    assert r.exit_code != 0 and "checkpoints/last.pt" in r.output

@@ -170,8 +170,10 @@ def train_command(method: MethodPlugin) -> click.Command:
                   help=f"Run folder [default: runs/{name}].")
     @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoints/last.pt (its "
                                                  "config.yaml is the config unless --config is given).")
-    @click.option("--init", "init", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                  help="Start from the network weights of another run's checkpoint (fresh optimisers, step 0).")
+    @click.option("--init", "init", type=click.Path(exists=True, path_type=Path), default=None,
+                  help="Start from network weights (fresh optimisers, step 0): a run folder or its "
+                       "checkpoints/last.pt (modules matched by name), or a released-layout checkpoint (e.g. "
+                       "SMIRK.pt, TEASER.pt) for a method whose config has train.init_from.")
     @click.option("--device", default=None, help="cpu, cuda, cuda:1 or auto (config key loop.device; default auto).")
     @add_method_options
     @flame_option
@@ -204,6 +206,7 @@ def train_command(method: MethodPlugin) -> click.Command:
         shards_typed = ctx.get_parameter_source("shards") != click.core.ParameterSource.DEFAULT
         if device is not None:
             typed["loop.device"] = device
+        init = _route_init(init, config_class, typed, say)
         run = functools.partial(_train_run, method, say=say, shards=shards, shards_typed=shards_typed, flame=flame)
 
         def own_config(path: Path | None) -> Path | None:  # a resumed run's config unless --config is given
@@ -242,6 +245,34 @@ def train_command(method: MethodPlugin) -> click.Command:
         say(f"{name}: stages {', '.join(stages.names)} done in {out}")
 
     return command
+
+
+def _route_init(init: Path | None, config_class: type, typed: dict[str, Any],
+                say: Callable[[str], None]) -> Path | None:
+    """What `--init` names, as the loop's `init` (a training checkpoint: modules by name) or, for a
+    released-layout checkpoint, the method's own `train.init_from` (put in `typed`; the task reads
+    it in setup). A run folder means its checkpoints/last.pt."""
+    from fbench.io import CheckpointError
+    from fbench.train.loop import read_train_checkpoint
+
+    if init is None:
+        return None
+    if init.is_dir():
+        last = init / "checkpoints" / "last.pt"
+        if not last.is_file():
+            raise click.UsageError(f"--init {init}: a folder, but no {last} (an `fbench train` run writes it)")
+        return last
+    try:
+        read_train_checkpoint(init)
+        return init
+    except CheckpointError:
+        section = next((f for f in dataclasses.fields(config_class) if f.name == "train"), None)
+        make = getattr(section, "default_factory", dataclasses.MISSING)
+        if make is dataclasses.MISSING or not hasattr(make(), "init_from"):
+            raise
+    say(f"--init {init}: a released-layout checkpoint, read by the method (train.init_from)")
+    typed["train.init_from"] = str(init)
+    return None
 
 
 def _run_stages(plans: list[Any], run: Callable[..., None], stages: Any, say: Callable[[str], None], main_rank: bool,

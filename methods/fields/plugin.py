@@ -49,10 +49,6 @@ METHOD = MethodPlugin(
     checkpoint_asset=None,  # no released FIELDS weights
     save=save,
     train_options=(
-        TrainOption("--init-from", "train.init_from",
-                    "The base model to start from: a release-layout checkpoint (TEASER.pt, or a FIELDS.pt whose "
-                    "head is ignored) or a run folder (its exported checkpoint, else checkpoints/last.pt). "
-                    "(--init takes a training checkpoint of this method's own modules.)", path=True),
         TrainOption("--bp4d-shards", "train.bp4d_shards",
                     "BP4D frames with FLAME-fit targets (`fbench prep bp4d --fits`); default SHARDS/bp4d.", path=True),
         TrainOption("--affectnet-shards", "train.affectnet_shards",
