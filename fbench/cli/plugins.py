@@ -170,7 +170,7 @@ def train_command(method: MethodPlugin) -> click.Command:
                   help=f"Run folder [default: runs/{name}].")
     @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoints/last.pt (its "
                                                  "config.yaml is the config unless --config is given).")
-    @click.option("--init", "init", type=click.Path(exists=True, path_type=Path), default=None,
+    @click.option("--init", "init", type=click.Path(path_type=Path), default=None,
                   help="Start from network weights (fresh optimisers, step 0): a run folder or its "
                        "checkpoints/last.pt (modules matched by name), or a released-layout checkpoint (e.g. "
                        "SMIRK.pt, TEASER.pt) for a method whose config has train.init_from.")
@@ -255,8 +255,8 @@ def _route_init(init: Path | None, config_class: type, typed: dict[str, Any],
     from fbench.io import CheckpointError
     from fbench.train.loop import read_train_checkpoint
 
-    if init is None:
-        return None
+    if init is None or not init.exists():
+        return init  # the loop names a missing file
     if init.is_dir():
         last = init / "checkpoints" / "last.pt"
         if not last.is_file():
