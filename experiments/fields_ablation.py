@@ -43,25 +43,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from smirk_recovery import fbench  # the one runner (this folder is on the path of a script run from it)
 
 ARMS = {"fields": [], "no_gt3d": ["-o", "train.losses.gt3d=false"]}
 SYNTH_SEEDS = {"ffhq": 0, "affectnet": 1, "bp4d": 3}  # training data; the held-out BP4D takes HELD_OUT_SEED
 HELD_OUT_SEED = 103
-
-
-def fbench(launcher: list[str], *args: str, log: Path) -> None:
-    cmd = [sys.executable, *launcher, *args]
-    print("$ fbench " + " ".join(args), flush=True)
-    with open(log, "a") as fh:
-        fh.write("$ fbench " + " ".join(args) + "\n")
-        fh.flush()
-        result = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"`fbench {' '.join(args)}` failed (exit {result.returncode}); see {log}")
 
 
 def train_options(shards: Path, steps: int, batch_size: int, seed: int, lr: float,
@@ -136,7 +125,7 @@ def emotion_scores(checkpoint: Path, affectnet_shards: Path) -> dict[str, float]
 
 def run(args: argparse.Namespace) -> dict:
     out: Path = args.out
-    launcher = [args.launcher] if args.launcher else ["-m", "fbench"]
+    launcher = (args.launcher,) if args.launcher else ("-m", "fbench")
     out.mkdir(parents=True, exist_ok=True)
     log = out / "commands.log"
     timings: dict[str, float] = {}
@@ -145,21 +134,21 @@ def run(args: argparse.Namespace) -> dict:
     for name, n in synth.items():
         root = out / "synth" / name
         if not (root / "fbench_ground_truth.h5").is_file():
-            fbench(launcher, "synth", name, "--out", str(root), "--n", str(n), "--seed", str(SYNTH_SEEDS[name]),
-                   log=log)
+            fbench("synth", name, "--out", str(root), "--n", str(n), "--seed", str(SYNTH_SEEDS[name]),
+                   log=log, launcher=launcher)
     held = out / "held_out" / "bp4d"
     if not (held / "fbench_ground_truth.h5").is_file():
-        fbench(launcher, "synth", "bp4d", "--out", str(held), "--n", str(args.held_out_subjects),
-               "--seed", str(HELD_OUT_SEED), log=log)
+        fbench("synth", "bp4d", "--out", str(held), "--n", str(args.held_out_subjects),
+               "--seed", str(HELD_OUT_SEED), log=log, launcher=launcher)
     fits = out / "fits" / "bp4d"
     if not (fits / "fits.h5").is_file():
-        fbench(launcher, "fit-flame", "bp4d", "--root", str(out / "synth" / "bp4d"), "--out", str(fits), log=log)
+        fbench("fit-flame", "bp4d", "--root", str(out / "synth" / "bp4d"), "--out", str(fits), log=log, launcher=launcher)
     shards = out / "shards"
     for name in ("ffhq", "affectnet", "bp4d"):
         if not (shards / name / "manifest.json").is_file():
             extra = ["--fits", str(fits / "fits.h5")] if name == "bp4d" else []
-            fbench(launcher, "prep", name, "--root", str(out / "synth" / name), "--out", str(shards), *extra,
-                   "--landmarks", "detect", "--fan", "off", "--no-progress", log=log)
+            fbench("prep", name, "--root", str(out / "synth" / name), "--out", str(shards), *extra,
+                   "--landmarks", "detect", "--fan", "off", "--no-progress", log=log, launcher=launcher)
     timings["data_s"] = round(time.time() - t0, 1)
 
     options = train_options(shards, args.steps, args.batch_size, args.seed, args.lr, args.init_from)
@@ -169,9 +158,9 @@ def run(args: argparse.Namespace) -> dict:
         if (run_dir / "FIELDS.pt").is_file():
             print(f"(done: {run_dir})", flush=True)
         elif (run_dir / "checkpoints" / "last.pt").is_file():
-            fbench(launcher, "train", "fields", "--out", str(run_dir), "--resume", log=log)
+            fbench("train", "fields", "--out", str(run_dir), "--resume", log=log, launcher=launcher)
         else:
-            fbench(launcher, "train", "fields", "--out", str(run_dir), *options, *extra, log=log)
+            fbench("train", "fields", "--out", str(run_dir), *options, *extra, log=log, launcher=launcher)
         timings[f"train_{arm}_s"] = round(time.time() - t0, 1)
 
     t0 = time.time()
@@ -180,8 +169,8 @@ def run(args: argparse.Namespace) -> dict:
     for arm in ARMS:
         res = out / "results" / arm
         if not (res / "metrics.json").is_file():
-            fbench(launcher, "eval", "recovery", "--method", "fields", "--checkpoint", str(out / "runs" / arm / "FIELDS.pt"),
-                   "--root", str(images), "--out", str(res), log=log)
+            fbench("eval", "recovery", "--method", "fields", "--checkpoint", str(out / "runs" / arm / "FIELDS.pt"),
+                   "--root", str(images), "--out", str(res), log=log, launcher=launcher)
         results[arm] = {"recovery": json.loads((res / "metrics.json").read_text()),
                         "emotion": emotion_scores(out / "runs" / arm / "FIELDS.pt", shards / "affectnet")}
     timings["eval_s"] = round(time.time() - t0, 1)
