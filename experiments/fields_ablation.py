@@ -35,8 +35,7 @@ Usage:
     python experiments/fields_ablation.py --out runs/fields_ablation
     python experiments/fields_ablation.py --out /tmp/fa --steps 4 --batch-size 6   # smoke
     python experiments/fields_ablation.py --out runs/fa2 --steps 100 --init-from runs/fa/runs/no_gt3d  # from a base
-`fbench train fields` / `fbench eval recovery` must be installed entry points (`pip install -e .`);
-`--launcher SCRIPT` runs `python SCRIPT ARGS` instead of `python -m fbench ARGS`.
+`fbench train fields` / `fbench eval recovery` must be installed entry points (`pip install -e .`).
 """
 
 from __future__ import annotations
@@ -125,7 +124,6 @@ def emotion_scores(checkpoint: Path, affectnet_shards: Path) -> dict[str, float]
 
 def run(args: argparse.Namespace) -> dict:
     out: Path = args.out
-    launcher = (args.launcher,) if args.launcher else ("-m", "fbench")
     out.mkdir(parents=True, exist_ok=True)
     log = out / "commands.log"
     timings: dict[str, float] = {}
@@ -135,20 +133,20 @@ def run(args: argparse.Namespace) -> dict:
         root = out / "synth" / name
         if not (root / "fbench_ground_truth.h5").is_file():
             fbench("synth", name, "--out", str(root), "--n", str(n), "--seed", str(SYNTH_SEEDS[name]),
-                   log=log, launcher=launcher)
+                   log=log)
     held = out / "held_out" / "bp4d"
     if not (held / "fbench_ground_truth.h5").is_file():
         fbench("synth", "bp4d", "--out", str(held), "--n", str(args.held_out_subjects),
-               "--seed", str(HELD_OUT_SEED), log=log, launcher=launcher)
+               "--seed", str(HELD_OUT_SEED), log=log)
     fits = out / "fits" / "bp4d"
     if not (fits / "fits.h5").is_file():
-        fbench("fit-flame", "bp4d", "--root", str(out / "synth" / "bp4d"), "--out", str(fits), log=log, launcher=launcher)
+        fbench("fit-flame", "bp4d", "--root", str(out / "synth" / "bp4d"), "--out", str(fits), log=log)
     shards = out / "shards"
     for name in ("ffhq", "affectnet", "bp4d"):
         if not (shards / name / "manifest.json").is_file():
             extra = ["--fits", str(fits / "fits.h5")] if name == "bp4d" else []
             fbench("prep", name, "--root", str(out / "synth" / name), "--out", str(shards), *extra,
-                   "--landmarks", "detect", "--fan", "off", "--no-progress", log=log, launcher=launcher)
+                   "--landmarks", "detect", "--fan", "off", "--no-progress", log=log)
     timings["data_s"] = round(time.time() - t0, 1)
 
     options = train_options(shards, args.steps, args.batch_size, args.seed, args.lr, args.init_from)
@@ -158,9 +156,9 @@ def run(args: argparse.Namespace) -> dict:
         if (run_dir / "FIELDS.pt").is_file():
             print(f"(done: {run_dir})", flush=True)
         elif (run_dir / "checkpoints" / "last.pt").is_file():
-            fbench("train", "fields", "--out", str(run_dir), "--resume", log=log, launcher=launcher)
+            fbench("train", "fields", "--out", str(run_dir), "--resume", log=log)
         else:
-            fbench("train", "fields", "--out", str(run_dir), *options, *extra, log=log, launcher=launcher)
+            fbench("train", "fields", "--out", str(run_dir), *options, *extra, log=log)
         timings[f"train_{arm}_s"] = round(time.time() - t0, 1)
 
     t0 = time.time()
@@ -170,7 +168,7 @@ def run(args: argparse.Namespace) -> dict:
         res = out / "results" / arm
         if not (res / "metrics.json").is_file():
             fbench("eval", "recovery", "--method", "fields", "--checkpoint", str(out / "runs" / arm / "FIELDS.pt"),
-                   "--root", str(images), "--out", str(res), log=log, launcher=launcher)
+                   "--root", str(images), "--out", str(res), log=log)
         results[arm] = {"recovery": json.loads((res / "metrics.json").read_text()),
                         "emotion": emotion_scores(out / "runs" / arm / "FIELDS.pt", shards / "affectnet")}
     timings["eval_s"] = round(time.time() - t0, 1)
@@ -211,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--held-out-subjects", type=int, default=3)
     p.add_argument("--init-from", type=Path, default=None,
                    help="base model for both arms (TEASER.pt or a run folder); the pose encoder is then frozen")
-    p.add_argument("--launcher", default="", help="run `python LAUNCHER ARGS` instead of `python -m fbench ARGS`")
     run(p.parse_args(argv))
     return 0
 

@@ -79,10 +79,9 @@ SIZES = {
 }
 
 
-def fbench(*args: str, log: Path, launcher: tuple[str, ...] = ("-m", "fbench")) -> None:
-    """Run `python -m fbench ARGS` (or `python LAUNCHER ARGS`), echoing the command and appending
-    its output to `log`."""
-    cmd = [sys.executable, *launcher, *args]
+def fbench(*args: str, log: Path) -> None:
+    """Run `python -m fbench ARGS`, echoing the command and appending its output to `log`."""
+    cmd = [sys.executable, "-m", "fbench", *args]
     print("$ fbench " + " ".join(args), flush=True)
     with open(log, "a") as fh:
         fh.write("$ fbench " + " ".join(args) + "\n")

@@ -54,16 +54,3 @@ def relabel_as_bp4d(shards: Path, data_root: Path, out: Path) -> Path:
             writer.write({"__key__": "bp4d_" + key, **sample})
     writer.commit()
     return out
-
-
-
-def mount_fields(monkeypatch) -> None:
-    """The methods registry with `fields` (this repository's entry point) even before the
-    distribution is reinstalled with it."""
-    from importlib.metadata import EntryPoint, entry_points
-
-    from fbench import registry as R
-
-    eps = {ep.name: ep for ep in entry_points(group="fbench.methods")}
-    eps.setdefault("fields", EntryPoint("fields", "methods.fields.plugin:METHOD", "fbench.methods"))
-    monkeypatch.setitem(R._REGISTRIES, "methods", R.Registry(R.SPECS["methods"], list(eps.values())))

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from fbench.io import load_checkpoint
-from fields_support import cli, mount_fields, prep, relabel_as_bp4d
+from fields_support import cli, prep, relabel_as_bp4d
 
 SMALL = ["-o", "train.skip_missing=true", "-o", "train.batch_size=4", "-o", "train.workers=0",
          "-o", "train.samples_per_epoch=8", "-o", "generator_init_features=8", "-o", "generator_res_blocks=1",
@@ -40,7 +40,6 @@ def _modules(run: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def test_two_steps_train_the_right_parts_with_every_fields_term(shards, tmp_path, monkeypatch, one_torch_thread):
-    mount_fields(monkeypatch)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     # per batch of 4: 2 FFHQ, 1 BP4D, 1 AffectNet (the default 1/2, 1/4, 1/4)
     run = tmp_path / "run"
@@ -101,7 +100,6 @@ def test_two_steps_train_the_right_parts_with_every_fields_term(shards, tmp_path
 
 
 def test_the_ablation_switch_removes_l3dgt(shards, tmp_path, monkeypatch, one_torch_thread):
-    mount_fields(monkeypatch)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     run = tmp_path / "ablation"
     r = cli("train", "fields", "--shards", str(shards), "--out", str(run), *SMALL, "-o", "loop.max_steps=1",
@@ -113,7 +111,6 @@ def test_the_ablation_switch_removes_l3dgt(shards, tmp_path, monkeypatch, one_to
 
 
 def test_missing_labelled_sets_are_named(shards, tmp_path, monkeypatch):
-    mount_fields(monkeypatch)
     r = cli("train", "fields", "--shards", str(shards / "ffhq"), "--out", str(tmp_path / "x"),
             "-o", "train.skip_missing=false", "-o", "loop.device=cpu", "-o", "loop.max_steps=1")
     assert r.exit_code != 0

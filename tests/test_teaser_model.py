@@ -19,7 +19,6 @@ from methods.teaser.model import (
     token_feature_sizes,
 )
 from test_smirk_model import OFFICIAL_KEYS, _expected_layout
-from test_teaser_task import teaser_registered  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FIXTURE = Path(__file__).parent / "fixtures" / "teaser_state_dict.txt"
@@ -262,7 +261,7 @@ def test_bad_files_are_refused_with_a_named_error(small_model, tmp_path, case):
 
 @pytest.mark.slow
 def test_eval_multiface_and_reconstruct_run_with_a_saved_teaser_checkpoint(tmp_path, tmp_path_factory, flame_dir,
-                                                                          teaser_registered, one_torch_thread):  # noqa: F811
+                                                                          one_torch_thread):
     """(fast variant: the contract test, tests/test_contracts.py, reconstructs through the plugin.)"""
     import json
 

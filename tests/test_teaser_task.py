@@ -27,19 +27,6 @@ from methods.teaser.task import (
 from test_smirk_task import SMALL, _cli, _rows, _same_parameters, ffhq_shards  # noqa: F401 (a fixture)
 
 
-@pytest.fixture
-def teaser_registered(monkeypatch):
-    """`teaser` in the methods registry even before the package is reinstalled with its entry point."""
-    from importlib.metadata import EntryPoint
-
-    import fbench.registry as reg
-
-    methods = reg.registry("methods")
-    if "teaser" not in methods:
-        eps = [*methods.entry_points.values(), EntryPoint("teaser", "methods.teaser.plugin:METHOD", "fbench.methods")]
-        monkeypatch.setitem(reg._REGISTRIES, "methods", reg.Registry(reg.SPECS["methods"], eps))
-
-
 # --------------------------------------------------------------------- against the official formulas
 
 
@@ -248,7 +235,7 @@ def test_203_loss_is_disabled_and_says_why(tmp_path, flame_dir):
 # --------------------------------------------------------------------------------- the CLI
 
 
-def test_core_phase_trains_two_steps_and_exports(ffhq_shards, tmp_path, monkeypatch, teaser_registered,  # noqa: F811
+def test_core_phase_trains_two_steps_and_exports(ffhq_shards, tmp_path, monkeypatch,  # noqa: F811
                                                  one_torch_thread):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("FBENCH_HOME", str(tmp_path / "home"))  # no 203-landmark asset: recorded off
@@ -281,7 +268,7 @@ def test_core_phase_trains_two_steps_and_exports(ffhq_shards, tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_core_resume_gives_the_parameters_of_an_uninterrupted_run(ffhq_shards, tmp_path, monkeypatch,  # noqa: F811
-                                                                  teaser_registered, one_torch_thread):
+                                                                  one_torch_thread):
     # (fast variant: the pretrain test.) The core phase: generator, tokens and the cycle; stopped after step 1
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("FBENCH_HOME", str(tmp_path / "home"))
@@ -311,7 +298,7 @@ def test_init_from_a_teaser_checkpoint(tmp_path, one_torch_thread):
                                                  start.generator.state_dict().values()))
 
 
-def test_pretrain_phase_resumes_exactly(ffhq_shards, tmp_path, monkeypatch, teaser_registered,  # noqa: F811
+def test_pretrain_phase_resumes_exactly(ffhq_shards, tmp_path, monkeypatch,  # noqa: F811
                                         one_torch_thread):
     """Encoder only (config_pretrain.yaml: no generator, so no tokens to learn); stop after 1 step, resume to 2."""
     common = ["train", "teaser", "--shards", str(ffhq_shards), *SMALL, "-o", "train.phase=pretrain"]
@@ -354,7 +341,7 @@ def test_cycle_path_freezes_the_flame_encoders_but_not_the_token_encoder(flame_d
 
 
 def test_init_takes_a_released_checkpoint_or_a_run_folder(ffhq_shards, tmp_path, monkeypatch,  # noqa: F811
-                                                          teaser_registered, one_torch_thread):
+                                                          one_torch_thread):
     # `--init TEASER.pt` (released layout) is read by the method (train.init_from); `--init RUN` is that
     # run's checkpoints/last.pt, loaded by the loop module by module
     from methods.teaser.plugin import TeaserConfig, build, save
